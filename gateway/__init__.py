@@ -1,0 +1,5 @@
+"""protogate: a gRPC-aware API gateway."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,133 @@
+"""The `protogate` command: run a gateway from a config file, or validate one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.app import build_app
+from gateway.config.loader import ConfigError, LoadedConfig, load_config
+
+log = logging.getLogger("protogate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protogate", description="A gRPC-aware API gateway.")
+    parser.add_argument("--version", action="version", version=f"protogate {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve traffic from a config file", description="Serve traffic.")
+    run.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    run.add_argument("--listen", help="HOST:PORT to serve on, overriding gateway.listen (port 0 picks one)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=_run)
+
+    validate = commands.add_parser(
+        "validate", help="check a config file", description="Exit 0 if valid; else print every error, exit 1."
+    )
+    validate.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    validate.set_defaults(func=_validate)
+    return parser
+
+
+def _load_or_report(path: Path) -> LoadedConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        count = len(exc.issues)
+        print(f"{path}: invalid config ({count} error{'s' if count != 1 else ''}):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 1
+    config = loaded.config
+    counts = f"{len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.protos)} protos"
+    print(f"{args.config}: ok ({counts})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 1
+    host, port = loaded.config.gateway.listen.host, loaded.config.gateway.listen.port
+    if args.listen:
+        listen_host, _, listen_port = args.listen.rpartition(":")
+        host, port = listen_host.strip("[]") or host, int(listen_port)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # uvloop is not on every platform; the default loop still works
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_serve(loaded, host, port))
+
+
+async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
+    settings = loaded.config.gateway
+    app = build_app(loaded)
+    web_runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=10.0,
+        handler_args={
+            "max_line_size": settings.max_uri_size,
+            "max_field_size": settings.max_header_size,
+            "max_headers": settings.max_header_count,
+        },
+    )
+    await web_runner.setup()
+    site = web.TCPSite(web_runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await web_runner.cleanup()
+        print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    bound = _bound_address(site)
+    print(f"protogate {__version__} listening on http://{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await web_runner.cleanup()
+    return 0
+
+
+def _bound_address(site: web.TCPSite) -> str:
+    server = site._server  # aiohttp exposes no public accessor for the bound socket
+    if server is not None and server.sockets:  # type: ignore[union-attr]
+        host, port = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return site.name
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Pydantic models of a protogate config document: gateway, routes, upstreams, protos."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+HttpMethod = Literal["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"]
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_ID = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept nginx-style sizes ("8k", "1m") as well as plain byte counts."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match is None:
+            raise ValueError(f"not a size: {value!r} (use bytes, or a number with k, m or g)")
+        return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenAddress(Model):
+    host: str = "0.0.0.0"
+    port: int = Field(default=9080, ge=0, le=65535)
+
+
+def _parse_listen(value: Any) -> Any:
+    if isinstance(value, int):
+        return {"port": value}
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"listen must be HOST:PORT or a port number, not {value!r}")
+        return {"host": host.strip("[]") or "0.0.0.0", "port": int(port)}
+    return value
+
+
+class GatewaySettings(Model):
+    """Process-wide settings (APISIX's config.yaml `apisix:` block, kept in the same file)."""
+
+    listen: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress()
+    client_max_body_size: ByteSize = 1024 * 1024
+    max_uri_size: ByteSize = 8 * 1024
+    max_header_size: ByteSize = 8 * 1024
+    max_header_count: int = Field(default=100, ge=1)
+
+
+class Node(Model):
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    weight: int = Field(default=1, ge=0)
+
+
+def _parse_nodes(value: Any) -> Any:
+    """APISIX writes nodes as {"host:port": weight}; a list of {host, port, weight} is also taken."""
+    if isinstance(value, dict):
+        nodes = []
+        for address, weight in value.items():
+            host, sep, port = str(address).rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"node address must be HOST:PORT, not {address!r}")
+            nodes.append({"host": host.strip("[]"), "port": int(port), "weight": weight})
+        return nodes
+    return value
+
+
+class Timeout(Model):
+    """Seconds, as APISIX's upstream timeout: connect, send, read."""
+
+    connect: float = Field(default=6.0, gt=0)
+    send: float = Field(default=60.0, gt=0)
+    read: float = Field(default=60.0, gt=0)
+
+
+class Upstream(Model):
+    id: str = Field(default="", pattern=r"^$|" + _ID)
+    name: str | None = None
+    scheme: Literal["http", "grpc"] = "http"
+    type: Literal["roundrobin"] = "roundrobin"
+    nodes: Annotated[list[Node], BeforeValidator(_parse_nodes), Field(min_length=1)]
+    timeout: Timeout = Timeout()
+    pass_host: Literal["pass", "node"] = "pass"
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Upstream:
+        if not any(node.weight > 0 for node in self.nodes):
+            raise ValueError("at least one node needs a weight above 0")
+        return self
+
+
+class Route(Model):
+    id: str = Field(pattern=_ID)
+    name: str | None = None
+    uri: str | None = None
+    uris: list[str] | None = None
+    methods: list[HttpMethod] | None = None
+    host: str | None = None
+    hosts: list[str] | None = None
+    priority: int = 0
+    upstream_id: str | None = None
+    upstream: Upstream | None = None
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_body_size: ByteSize | None = None  # None: the gateway's client_max_body_size
+    enable: bool = True
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _upper_methods(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [m.upper() if isinstance(m, str) else m for m in value]
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_route_uri(value)
+        return value
+
+    @field_validator("uris")
+    @classmethod
+    def _check_uris(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("uris must not be empty")
+            for uri in value:
+                _check_route_uri(uri)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> Route:
+        if (self.uri is None) == (self.uris is None):
+            raise ValueError("give exactly one of uri and uris")
+        if self.host is not None and self.hosts is not None:
+            raise ValueError("give at most one of host and hosts")
+        if self.upstream is not None and self.upstream_id is not None:
+            raise ValueError("give at most one of upstream and upstream_id")
+        return self
+
+    @property
+    def all_uris(self) -> list[str]:
+        return [self.uri] if self.uri is not None else list(self.uris or [])
+
+    @property
+    def all_hosts(self) -> list[str]:
+        if self.host is not None:
+            return [self.host]
+        return list(self.hosts or [])
+
+
+def _check_route_uri(uri: str) -> None:
+    if not uri.startswith("/"):
+        raise ValueError(f"uri must start with '/': {uri!r}")
+    if "*" in uri[:-1]:
+        raise ValueError(f"'*' may only end a uri (a prefix match such as /api/*): {uri!r}")
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in uri):
+        raise ValueError(f"uri has a space or control character: {uri!r}")
+
+
+class Proto(Model):
+    id: str = Field(pattern=_ID)
+    descriptor_set: str = Field(min_length=1, description="path to a FileDescriptorSet, relative to the config file")
+
+
+class Config(Model):
+    gateway: GatewaySettings = GatewaySettings()
+    routes: list[Route] = Field(default_factory=list)
+    upstreams: list[Upstream] = Field(default_factory=list)
+    protos: list[Proto] = Field(default_factory=list)

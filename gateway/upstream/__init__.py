@@ -1,0 +1,1 @@
+"""Upstreams: node pickers, long-lived gRPC channels and pooled HTTP sessions."""
