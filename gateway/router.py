@@ -39,8 +39,9 @@ class _Entry(Generic[T]):
 class RouteTable(Generic[T]):
     """Exact uris beat prefix uris (`/api/*`); longer prefixes beat shorter; then priority, then order.
 
-    Among routes on the same uri, those that name hosts are tried before those that do not, so a
-    host-specific route is never shadowed by a catch-all of equal priority.
+    Among routes on the same uri and priority, exact hosts are tried before wildcard hosts
+    (`*.example.com`), and those before routes that name no host, so a host-specific route is never
+    shadowed by a catch-all.
     """
 
     def __init__(self) -> None:
@@ -60,7 +61,8 @@ class RouteTable(Generic[T]):
                 host_suffixes=tuple(h[1:] for h in hosts if h.startswith("*.")),
                 target=spec.target,
             )
-            rank = (-spec.priority, 0 if hosts else 1, order)
+            host_rank = 2 if not hosts else (1 if all(h.startswith("*.") for h in hosts) else 0)
+            rank = (-spec.priority, host_rank, order)
             for uri in spec.uris:
                 is_prefix = uri.endswith("*")
                 ranked.append((rank, uri[:-1] if is_prefix else uri, is_prefix, entry))

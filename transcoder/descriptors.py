@@ -128,13 +128,11 @@ class DescriptorIndex:
             raise TranscodeError(Code.NOT_FOUND, f"unknown message type {full_name}") from None
 
     def _add_files(self, file_set: descriptor_pb2.FileDescriptorSet) -> None:
-        given = {f.name for f in file_set.file}
+        pending = {f.name: f for f in file_set.file}
         for module_name in _SUPPORT_FILES:
             module = __import__(module_name, fromlist=["DESCRIPTOR"])
             support = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
-            if support.name not in given:
-                self._add_file(support)
-        pending = {f.name: f for f in file_set.file}
+            pending.setdefault(support.name, support)
         # Add in dependency order: protoc writes sets that way, but hand-made sets need not be.
         while pending:
             progress = False
