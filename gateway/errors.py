@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -85,7 +84,7 @@ def to_gateway_error(exc: BaseException) -> GatewayError:
         return exc
     if isinstance(exc, TranscodeError):
         return GatewayError(exc.http_status, exc.code, exc.message)
-    if isinstance(exc, ServerTimeoutError | asyncio.TimeoutError | TimeoutError):
+    if isinstance(exc, ServerTimeoutError | TimeoutError):
         return GatewayError.gateway_timeout("upstream timed out")
     if isinstance(exc, ClientPayloadError):
         return GatewayError.bad_gateway("upstream sent a broken response body")
