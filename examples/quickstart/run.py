@@ -42,6 +42,8 @@ def _wait_for_line(process: subprocess.Popen[str], marker: str, name: str) -> st
 
 
 def main() -> int:
+    # A SIGTERM (from a supervisor, or `kill`) stops the children too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     bin_dir = Path(sys.executable).parent
     backend = subprocess.Popen(
