@@ -42,10 +42,16 @@ class Backend:
     proc: subprocess.Popen[bytes]
     address: str
     log: Path
+    terminated: bool = False
+
+    def terminate(self) -> None:
+        # Signal once: a second SIGTERM that lands after the server's loop closed would kill it mid-exit.
+        if not self.terminated and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.terminated = True
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -196,6 +202,24 @@ def test_build_script_runs_from_any_cwd_into_any_dir(build_module: ModuleType, t
     assert out == tmp_path / "out" / "bookstore.binpb"
     assert (tmp_path / "out" / "bookstore" / "v1" / "bookstore_pb2.py").is_file()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".build-")]
+
+
+def test_build_fails_clearly_on_a_bad_proto(
+    build_module: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "protos" / "bookstore" / "v1" / "bookstore.proto"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('syntax = "proto3";\npackage bookstore.v1;\nmessage Book { strin title = 1; }\n')
+    monkeypatch.setattr(build_module, "PROTO_ROOT", tmp_path / "protos")
+    monkeypatch.setattr(build_module, "DEFAULT_OUT_DIR", tmp_path / "out")
+    assert build_module.main() == 1
+    captured = capfd.readouterr()
+    assert "build.py: error: protoc failed" in captured.err
+    assert "strin" in captured.err  # protoc's own diagnostic reaches the user
+    assert not (tmp_path / "out" / "bookstore.binpb").exists()
+    broken.unlink()
+    with pytest.raises(build_module.BuildError, match="proto source not found"):
+        build_module.build(tmp_path / "out")
 
 
 # shelves
@@ -472,7 +496,7 @@ def test_sigterm_lets_in_flight_calls_finish(pb: SimpleNamespace, tmp_path: Path
             pending = stub.Sleep.future(pb.m.SleepRequest(millis=300), timeout=RPC_TIMEOUT)
             # Wait until the server holds the call: EchoHeaders is answered after Sleep was accepted.
             assert call(stub.EchoHeaders, empty_pb2.Empty()).served_by == "backend-9"
-            backend.proc.send_signal(signal.SIGTERM)
+            backend.terminate()
             assert pending.result().served_by == "backend-9"
     finally:
         code = backend.stop()
