@@ -6,13 +6,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
+from gateway import __version__
 from gateway.config.loader import LoadedConfig
 from gateway.context import RequestContext
+from gateway.edge import edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.keys import LOADED_CONFIG, RUNTIME
 from gateway.paths import normalize_path, split_target
-from gateway.runtime import Runtime
+from gateway.pipeline import PluginChain, run_log_phase, run_request_phase, run_response_phases
+from gateway.responses import ProxyResponse
+from gateway.runtime import CompiledRoute, Runtime
+from gateway.writer import send_response
 from transcoder.status import code_from_http_status
 
 log = logging.getLogger("protogate.app")
@@ -39,8 +45,37 @@ def _kept_headers(exc: web.HTTPException) -> dict[str, str]:
     return {name: exc.headers[name] for name in ("Allow", "Retry-After") if name in exc.headers}
 
 
+# Identity the gateway asserts upstream; a client's own copies are removed first (THREATS 4),
+# in header form and in the Grpc-Metadata- form that would become the same gRPC metadata.
+IDENTITY_HEADERS = ("X-Consumer-Username", "X-Consumer-Groups", "X-Credential-Identifier")
+_FORGEABLE = tuple(name for header in IDENTITY_HEADERS for name in (header, f"Grpc-Metadata-{header}"))
+SERVER_HEADER = f"protogate/{__version__}"
+
+
 async def handle_request(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    ctx: RequestContext | None = None
+    chains: tuple[PluginChain, ...] = ()
+    try:
+        route, ctx = _route_request(runtime, request)
+        chains = (runtime.global_chain, route.chain)
+        response, chains = await _proxy(runtime, route, ctx, chains)
+    except Exception as exc:
+        response = ProxyResponse.from_error(to_gateway_error(exc))
+    if ctx is not None:
+        try:
+            await run_response_phases(chains, ctx, response)
+        except Exception as exc:  # a response phase that fails still owes the client an answer
+            response = ProxyResponse.from_error(to_gateway_error(exc))
+        ctx.response = response
+    response.headers["Server"] = SERVER_HEADER
+    sent = await send_response(request, response)
+    if ctx is not None and chains:
+        await run_log_phase(chains, ctx, response)
+    return sent
+
+
+def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRoute, RequestContext]:
     raw_path, query = split_target(request.raw_path)
     path = normalize_path(raw_path)
     host = request.headers.get("Host", "")
@@ -50,8 +85,40 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
         if allowed:
             raise GatewayError.method_not_allowed(allowed, f"{request.method} is not allowed on {path}")
         raise GatewayError.not_found(f"no route matches {request.method} {path}")
-    ctx = RequestContext(request=request, route_id=route.route_id, path=path, query=query)
-    return await route.target.handle(ctx)
+    headers = CIMultiDict(request.headers)
+    for name in _FORGEABLE:
+        headers.popall(name, None)
+    ctx = RequestContext(
+        request=request,
+        route_id=route.route_id,
+        method=request.method,
+        path=path,
+        query=query,
+        headers=headers,
+        client_ip=request.remote or "",
+        consumers=runtime.consumers,
+        body_limit=route.body_limit,
+    )
+    return route, ctx
+
+
+async def _proxy(
+    runtime: Runtime, route: CompiledRoute, ctx: RequestContext, chains: tuple[PluginChain, ...]
+) -> tuple[ProxyResponse, tuple[PluginChain, ...]]:
+    """The request phases, then the upstream; returns the answer and the chains that ran."""
+    reply = await run_request_phase("rewrite", chains, ctx)
+    if reply is None:
+        if ctx.consumer is not None:
+            ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
+            chains = (chains[0], route.chain_for(ctx.consumer, runtime.consumer_plugins))
+        reply = await run_request_phase("access", chains, ctx)
+    if reply is None:
+        reply = await run_request_phase("before_proxy", chains, ctx)
+    if reply is not None:
+        response = reply.to_response()
+        response.source = "plugin"
+        return response, chains
+    return await route.target.handle(ctx), chains
 
 
 def build_app(loaded: LoadedConfig) -> web.Application:
@@ -59,7 +126,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     largest_body = max(
         [settings.client_max_body_size, *(r.max_body_size or 0 for r in loaded.config.routes)], default=0
     )
-    app = web.Application(middlewares=[error_middleware], client_max_size=largest_body + 1)
+    app = web.Application(middlewares=[error_middleware, edge_middleware], client_max_size=largest_body + 1)
     app[LOADED_CONFIG] = loaded
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_route("*", "/{tail:.*}", handle_request)

@@ -15,8 +15,11 @@ from aiohttp import web
 from gateway import __version__
 from gateway.app import build_app
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
+from gateway.edge import EdgeRunner
 
 log = logging.getLogger("protogate")
+
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (nginx's default; aiohttp's is an hour)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve traffic from a config file", description="Serve traffic.")
     run.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
-    run.add_argument("--listen", help="HOST:PORT to serve on, overriding gateway.listen (port 0 picks one)")
+    run.add_argument(
+        "--listen", type=_listen, help="HOST:PORT to serve on, overriding gateway.listen (port 0 picks one)"
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=_run)
 
@@ -45,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     validate.set_defaults(func=_validate)
     return parser
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 0-65535), not {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def _load_or_report(path: Path) -> LoadedConfig | None:
@@ -75,8 +87,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     host, port = loaded.config.gateway.listen.host, loaded.config.gateway.listen.port
     if args.listen:
-        listen_host, _, listen_port = args.listen.rpartition(":")
-        host, port = listen_host.strip("[]") or host, int(listen_port)
+        listen_host, port = args.listen
+        host = listen_host or host
     try:
         import uvloop
 
@@ -90,16 +102,19 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
     settings = loaded.config.gateway
     app = build_app(loaded)
-    web_runner = web.AppRunner(
+    # These go straight to each connection's handler (EdgeProtocol). `handler_args=` would be wrong here:
+    # AppRunner forwards unknown kwargs, and aiohttp then silently drops every custom handler setting.
+    web_runner = EdgeRunner(
         app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=10.0,
-        handler_args={
-            "max_line_size": settings.max_uri_size,
-            "max_field_size": settings.max_header_size,
-            "max_headers": settings.max_header_count,
-        },
+        max_line_size=settings.max_uri_size,
+        max_field_size=settings.max_header_size,
+        max_headers=settings.max_header_count,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        header_timeout=settings.client_header_timeout,
+        body_timeout=settings.client_body_timeout,
     )
     await web_runner.setup()
     site = web.TCPSite(web_runner, host, port, reuse_address=True)
@@ -109,12 +124,12 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
         await web_runner.cleanup()
         print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
-    bound = _bound_address(site)
-    print(f"protogate {__version__} listening on http://{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a SIGTERM right after it is graceful
         loop.add_signal_handler(sig, stop.set)
+    bound = _bound_address(site)
+    print(f"protogate {__version__} listening on http://{bound}", flush=True)
     await stop.wait()
     log.info("shutting down")
     await web_runner.cleanup()

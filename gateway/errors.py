@@ -89,7 +89,9 @@ def to_gateway_error(exc: BaseException) -> GatewayError:
     if isinstance(exc, ClientPayloadError):
         return GatewayError.bad_gateway("upstream sent a broken response body")
     if isinstance(exc, ClientConnectionError):
-        return GatewayError.bad_gateway(f"upstream connection failed: {exc}")
+        # The detail names internal addresses: it goes to the log, not to the client.
+        log.warning("upstream connection failed: %s", exc)
+        return GatewayError.bad_gateway("upstream connection failed")
     if isinstance(exc, ClientError):
         return GatewayError.bad_gateway(f"upstream request failed: {type(exc).__name__}")
     log.error("unexpected error in the request path", exc_info=exc)

@@ -1,16 +1,17 @@
-"""Runtime: a loaded config compiled into a route table with live upstream clients."""
+"""Runtime: a loaded config compiled into a route table, plugin chains and live upstream clients."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from aiohttp import web
-
 from gateway.config.loader import LoadedConfig
-from gateway.config.models import Route, Upstream
+from gateway.config.models import Upstream
+from gateway.consumers import Consumer
 from gateway.context import RequestContext
+from gateway.pipeline import PluginChain
 from gateway.plugins.grpc_transcode import GrpcTranscodeConfig
+from gateway.responses import ProxyResponse
 from gateway.router import RouteSpec, RouteTable
 from gateway.transcode import TranscodeTarget
 from gateway.upstream.grpc import GrpcUpstream
@@ -18,22 +19,38 @@ from gateway.upstream.http import HttpUpstream
 
 
 class RouteTarget(Protocol):
-    async def handle(self, ctx: RequestContext) -> web.StreamResponse: ...
+    """What answers a route once its request phases passed: the upstream, reached one way or another."""
+
+    async def handle(self, ctx: RequestContext) -> ProxyResponse: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class CompiledRoute:
     route_id: str
     target: RouteTarget
+    chain: PluginChain
+    body_limit: int
+    # A consumer's own plugins merged over the route's, built on first use per consumer.
+    consumer_chains: dict[str, PluginChain] = field(default_factory=dict)
+
+    def chain_for(self, consumer: Consumer | None, consumer_plugins: dict[str, dict]) -> PluginChain:
+        if consumer is None:
+            return self.chain
+        extra = consumer_plugins.get(consumer.username)
+        if not extra:
+            return self.chain
+        chain = self.consumer_chains.get(consumer.username)
+        if chain is None:
+            chain = self.consumer_chains[consumer.username] = self.chain.with_overrides(extra)
+        return chain
 
 
 class HttpProxyTarget:
-    def __init__(self, upstream: HttpUpstream, body_limit: int) -> None:
+    def __init__(self, upstream: HttpUpstream) -> None:
         self.upstream = upstream
-        self.body_limit = body_limit
 
-    async def handle(self, ctx: RequestContext) -> web.StreamResponse:
-        return await self.upstream.proxy(ctx.request, ctx.path, ctx.query, self.body_limit)
+    async def handle(self, ctx: RequestContext) -> ProxyResponse:
+        return await self.upstream.proxy(ctx)
 
 
 class Runtime:
@@ -42,6 +59,9 @@ class Runtime:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         settings = loaded.config.gateway
+        self.consumers = loaded.consumers
+        self.consumer_plugins = loaded.consumer_plugins
+        self.global_chain = PluginChain.build(loaded.global_plugins.values())
         self._grpc: dict[int, GrpcUpstream] = {}
         self._http: dict[int, HttpUpstream] = {}
         specs: list[RouteSpec[CompiledRoute]] = []
@@ -49,17 +69,22 @@ class Runtime:
             if not route.enable:
                 continue
             body_limit = route.max_body_size if route.max_body_size is not None else settings.client_max_body_size
-            target = self._target(route, loaded.upstream_of(route), body_limit)
-            compiled = CompiledRoute(route.id, target)
+            plugins = loaded.route_plugins.get(route.id, {})
+            compiled = CompiledRoute(
+                route_id=route.id,
+                target=self._target(route.id, loaded.upstream_of(route)),
+                chain=PluginChain.build(plugins.values()),
+                body_limit=body_limit,
+            )
             specs.append(RouteSpec(route.all_uris, route.methods, route.all_hosts, route.priority, compiled))
         self.table: RouteTable[CompiledRoute] = RouteTable.compile(specs)
 
-    def _target(self, route: Route, upstream: Upstream, body_limit: int) -> RouteTarget:
-        transcode = self.loaded.plugin_configs.get(route.id, {}).get("grpc-transcode")
+    def _target(self, route_id: str, upstream: Upstream) -> RouteTarget:
+        transcode = self.loaded.plugin_config(route_id, "grpc-transcode")
         if isinstance(transcode, GrpcTranscodeConfig):
             index = self.loaded.protos[transcode.proto_id]
-            return TranscodeTarget(transcode, index, self._grpc_upstream(upstream), body_limit)
-        return HttpProxyTarget(self._http_upstream(upstream), body_limit)
+            return TranscodeTarget(transcode, index, self._grpc_upstream(upstream))
+        return HttpProxyTarget(self._http_upstream(upstream))
 
     # Upstreams shared by several routes (upstream_id) share one set of channels or one pool.
     def _grpc_upstream(self, upstream: Upstream) -> GrpcUpstream:

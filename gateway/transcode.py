@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
 import grpc
-from aiohttp import web
+from multidict import CIMultiDict
 
-from gateway.body import read_body
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.plugins.grpc_transcode import GrpcTranscodeConfig
+from gateway.responses import ProxyResponse
 from gateway.upstream.grpc import GrpcUpstream
 from transcoder.descriptors import DescriptorIndex, HttpBinding, MethodInfo
 from transcoder.errors import TranscodeError
@@ -36,12 +36,9 @@ _JSON = "application/json"
 class TranscodeTarget:
     """Everything one route needs to transcode, prepared at config load."""
 
-    def __init__(
-        self, config: GrpcTranscodeConfig, index: DescriptorIndex, upstream: GrpcUpstream, body_limit: int
-    ) -> None:
+    def __init__(self, config: GrpcTranscodeConfig, index: DescriptorIndex, upstream: GrpcUpstream) -> None:
         self.index = index
         self.upstream = upstream
-        self.body_limit = body_limit
         self.timeout = config.deadline or upstream.read_timeout
         self.request_options = RequestOptions(strict_query=config.strict_query, strict_body=config.strict_body)
         opts = config.json_options
@@ -65,21 +62,24 @@ class TranscodeTarget:
             )
         self.matcher = RuleMatcher.build(bindings)
 
-    async def handle(self, ctx: RequestContext) -> web.StreamResponse:
+    async def handle(self, ctx: RequestContext) -> ProxyResponse:
         request = ctx.request
-        match = self._match(request.method, ctx.path)
+        match = self._match(ctx.method, ctx.path)
         binding = match.binding
         method = binding.method
         if method.client_streaming or method.server_streaming:
             raise GatewayError(501, Code.UNIMPLEMENTED, f"{method.full_name} is a streaming method")
-        body = await read_body(request, self.body_limit) if binding.body or self.fixed_method else b""
+        body = await ctx.read_body() if binding.body or self.fixed_method else b""
         if self.fixed_method is not None:
             binding = self._fixed_with_body if body.strip() else self._fixed_no_body
         query = parse_qsl(ctx.query, keep_blank_values=True) if ctx.query else []
         payload = encode_request(binding, match.variables, query, body, self.request_options)
-        metadata = request_metadata(request.headers.items(), peer_ip=request.remote, host=request.host)
+        metadata = request_metadata(ctx.headers.items(), peer_ip=request.remote, host=request.host)
+        if ctx.upstream_metadata:
+            asserted = {key for key, _ in ctx.upstream_metadata}
+            metadata = [pair for pair in metadata if pair[0] not in asserted] + ctx.upstream_metadata
         timeout = self.timeout
-        grpc_timeout = request.headers.get("Grpc-Timeout")
+        grpc_timeout = ctx.headers.get("Grpc-Timeout")
         if grpc_timeout is not None:
             timeout = min(timeout, parse_grpc_timeout(grpc_timeout))
         node = self.upstream.pick()
@@ -90,8 +90,14 @@ class TranscodeTarget:
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as err:
             raise self._rpc_error(err) from None
-        body_out = render_response(method, reply, binding.response_body, self.json_options)
-        return await _send(request, 200, body_out, initial, trailing)
+        headers: CIMultiDict[str] = CIMultiDict(response_header_metadata(initial or ()))
+        headers["Content-Type"] = _JSON
+        return ProxyResponse(
+            200,
+            headers,
+            render_response(method, reply, binding.response_body, self.json_options),
+            trailers=response_trailer_metadata(trailing or ()),
+        )
 
     def _match(self, http_method: str, path: str) -> Match:
         if self.fixed_method is not None:
@@ -131,35 +137,3 @@ def _methods_in_scope(index: DescriptorIndex, config: GrpcTranscodeConfig) -> li
 
 def _without_status(metadata: Sequence[tuple[str, str | bytes]]) -> list[tuple[str, str | bytes]]:
     return [(k, v) for k, v in metadata if k not in ("grpc-status-details-bin",)]
-
-
-async def _send(
-    request: web.Request,
-    status: int,
-    body: bytes,
-    initial: Sequence[tuple[str, str | bytes]] | None,
-    trailing: Sequence[tuple[str, str | bytes]] | None,
-) -> web.StreamResponse:
-    headers = response_header_metadata(initial or ())
-    trailers = response_trailer_metadata(trailing or ())
-    wants_trailers = "trailers" in request.headers.get("TE", "").lower() and request.version >= (1, 1)
-    if not trailers or not wants_trailers:
-        response = web.Response(status=status, body=body, content_type=_JSON)
-        for name, value in [*headers, *trailers]:
-            response.headers.add(name, value)
-        return response
-    response = web.StreamResponse(status=status)
-    response.content_type = _JSON
-    for name, value in headers:
-        response.headers.add(name, value)
-    response.headers["Trailer"] = ", ".join(dict.fromkeys(name for name, _ in trailers))
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    await response.write(body)
-    # aiohttp has no API for trailers: write the last chunk ourselves, then let it close the body.
-    writer = request.writer
-    writer.chunked = False  # type: ignore[attr-defined]
-    block = "".join(f"{name}: {value}\r\n" for name, value in trailers)
-    await writer.write(b"0\r\n" + block.encode("latin-1") + b"\r\n")
-    await response.write_eof()
-    return response

@@ -9,15 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gateway.config.models import Config, Route, Upstream
+from gateway.config.models import Config, Route, Service, Upstream
+from gateway.consumers import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from gateway.plugins import REGISTRY
+from gateway.plugins.base import PluginMeta, PluginSpec
 from transcoder.descriptors import DescriptorIndex
 from transcoder.errors import TranscodeError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,37 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated config with what validation had to build anyway: protos and plugin configs."""
+    """A validated config with what validation had to build anyway: protos, plugin specs, consumers."""
 
     config: Config
     protos: dict[str, DescriptorIndex] = field(default_factory=dict)
-    plugin_configs: dict[str, dict[str, BaseModel]] = field(default_factory=dict)  # route id -> name -> config
+    # route id -> plugin name -> spec, already merged: service, then plugin_config, then the route's own
+    route_plugins: dict[str, dict[str, PluginSpec]] = field(default_factory=dict)
+    global_plugins: dict[str, PluginSpec] = field(default_factory=dict)
+    # username -> the non-credential plugins that run for that consumer (its group's, then its own)
+    consumer_plugins: dict[str, dict[str, PluginSpec]] = field(default_factory=dict)
+    consumers: ConsumerIndex = EMPTY_CONSUMERS
     base_dir: Path = Path()
 
     def upstream_of(self, route: Route) -> Upstream:
+        service = self.service_of(route)
         if route.upstream is not None:
             return route.upstream
-        return next(u for u in self.config.upstreams if u.id == route.upstream_id)
+        upstream_id = route.upstream_id
+        if upstream_id is None and service is not None:
+            if service.upstream is not None:
+                return service.upstream
+            upstream_id = service.upstream_id
+        return next(u for u in self.config.upstreams if u.id == upstream_id)
+
+    def service_of(self, route: Route) -> Service | None:
+        if route.service_id is None:
+            return None
+        return next(s for s in self.config.services if s.id == route.service_id)
+
+    def plugin_config(self, route_id: str, name: str) -> BaseModel | None:
+        spec = self.route_plugins.get(route_id, {}).get(name)
+        return spec.config if spec is not None else None
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -78,32 +102,179 @@ def load_document(document: Any, *, base_dir: Path = Path()) -> LoadedConfig:
         config = Config.model_validate(document)
     except ValidationError as exc:
         raise ConfigError([ConfigIssue(_loc(err["loc"]), err["msg"]) for err in exc.errors()]) from None
+    return _Checker(config, base_dir).load()
 
-    issues: list[ConfigIssue] = []
-    issues.extend(_unique_ids("routes", config.routes))
-    issues.extend(_unique_ids("upstreams", [u for u in config.upstreams if u.id]))
-    issues.extend(_unique_ids("protos", config.protos))
-    issues.extend(issue for i, u in enumerate(config.upstreams) if not u.id for issue in [_missing_id(i)])
-    protos, proto_issues = _load_protos(config, base_dir)
-    issues.extend(proto_issues)
 
-    upstream_ids = {u.id for u in config.upstreams}
-    plugin_configs: dict[str, dict[str, BaseModel]] = {}
-    for index, route in enumerate(config.routes):
-        where = f"routes[{index}]"
-        if route.upstream is None and route.upstream_id is None:
-            issues.append(ConfigIssue(where, "a route needs upstream or upstream_id"))
-        elif route.upstream_id is not None and route.upstream_id not in upstream_ids:
-            issues.append(ConfigIssue(f"{where}.upstream_id", f"no upstream has id {route.upstream_id!r}"))
-        configs, plugin_issues = _validate_plugins(where, route.plugins)
-        plugin_configs[route.id] = configs
-        issues.extend(plugin_issues)
-        transcode = configs.get("grpc-transcode")
-        if transcode is not None:
-            issues.extend(_check_transcode(where, route, transcode, protos, config))
-    if issues:
-        raise ConfigError(issues)
-    return LoadedConfig(config=config, protos=protos, plugin_configs=plugin_configs, base_dir=base_dir)
+class _Checker:
+    """Cross-field checks and plugin validation over one parsed Config, collecting every issue."""
+
+    def __init__(self, config: Config, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.issues: list[ConfigIssue] = []
+
+    def load(self) -> LoadedConfig:
+        config = self.config
+        for kind in ("routes", "services", "protos", "plugin_configs", "global_rules", "consumer_groups"):
+            self.issues.extend(_unique_ids(kind, getattr(config, kind)))
+        self.issues.extend(_unique_ids("upstreams", [u for u in config.upstreams if u.id]))
+        self.issues.extend(_missing_id(i) for i, u in enumerate(config.upstreams) if not u.id)
+        seen_users: set[str] = set()
+        for index, consumer in enumerate(config.consumers):
+            if consumer.username in seen_users:
+                self.issues.append(ConfigIssue(f"consumers[{index}].username", f"duplicate {consumer.username!r}"))
+            seen_users.add(consumer.username)
+        protos = self._load_protos()
+        upstream_ids = {u.id for u in config.upstreams}
+        for index, service in enumerate(config.services):
+            if service.upstream_id is not None and service.upstream_id not in upstream_ids:
+                self.issues.append(ConfigIssue(f"services[{index}].upstream_id", _no("upstream", service.upstream_id)))
+        services = {s.id: (i, s) for i, s in enumerate(config.services)}
+        plugin_sets = {
+            p.id: self._plugins(f"plugin_configs[{i}]", p.plugins) for i, p in enumerate(config.plugin_configs)
+        }
+        service_plugins = {sid: self._plugins(f"services[{i}]", s.plugins) for sid, (i, s) in services.items()}
+        global_plugins: dict[str, PluginSpec] = {}
+        for index, rule in enumerate(config.global_rules):
+            global_plugins.update(self._plugins(f"global_rules[{index}]", rule.plugins))
+
+        route_plugins: dict[str, dict[str, PluginSpec]] = {}
+        for index, route in enumerate(config.routes):
+            where = f"routes[{index}]"
+            merged: dict[str, PluginSpec] = {}
+            service = None
+            if route.service_id is not None:
+                if route.service_id not in services:
+                    self.issues.append(ConfigIssue(f"{where}.service_id", _no("service", route.service_id)))
+                else:
+                    service = services[route.service_id][1]
+                    merged.update(service_plugins[route.service_id])
+            if route.plugin_config_id is not None:
+                if route.plugin_config_id not in plugin_sets:
+                    self.issues.append(
+                        ConfigIssue(f"{where}.plugin_config_id", _no("plugin_config", route.plugin_config_id))
+                    )
+                else:
+                    merged.update(plugin_sets[route.plugin_config_id])
+            merged.update(self._plugins(where, route.plugins))
+            route_plugins[route.id] = merged
+            upstream = self._route_upstream(where, route, service, upstream_ids)
+            transcode = merged.get("grpc-transcode")
+            if transcode is not None:
+                self.issues.extend(_check_transcode(where, upstream, transcode.config, protos, config))
+
+        consumers, consumer_plugins = self._consumers()
+        if self.issues:
+            raise ConfigError(self.issues)
+        return LoadedConfig(
+            config=config,
+            protos=protos,
+            route_plugins=route_plugins,
+            global_plugins=global_plugins,
+            consumer_plugins=consumer_plugins,
+            consumers=consumers,
+            base_dir=self.base_dir,
+        )
+
+    def _route_upstream(
+        self, where: str, route: Route, service: Service | None, upstream_ids: set[str]
+    ) -> Upstream | None:
+        if route.upstream is not None:
+            return route.upstream
+        upstream_id = route.upstream_id
+        if upstream_id is None and service is not None:
+            if service.upstream is not None:
+                return service.upstream
+            upstream_id = service.upstream_id
+        if upstream_id is None:
+            if route.service_id is None or service is not None:
+                message = "a route needs upstream or upstream_id (its own or its service's)"
+                self.issues.append(ConfigIssue(where, message))
+            return None
+        if upstream_id not in upstream_ids:
+            field_name = "upstream_id" if route.upstream_id is not None else "service_id"
+            self.issues.append(ConfigIssue(f"{where}.{field_name}", _no("upstream", upstream_id)))
+            return None
+        return next(u for u in self.config.upstreams if u.id == upstream_id)
+
+    def _load_protos(self) -> dict[str, DescriptorIndex]:
+        protos: dict[str, DescriptorIndex] = {}
+        for index, proto in enumerate(self.config.protos):
+            path = Path(proto.descriptor_set)
+            if not path.is_absolute():
+                path = self.base_dir / path
+            try:
+                protos[proto.id] = DescriptorIndex.from_file(path)
+            except TranscodeError as exc:
+                self.issues.append(ConfigIssue(f"protos[{index}].descriptor_set", exc.message))
+        return protos
+
+    def _plugins(self, where: str, plugins: dict[str, Any], *, consumer: bool = False) -> dict[str, PluginSpec]:
+        """Validate a plugins map; disabled plugins (`_meta.disable`) are left out."""
+        specs: dict[str, PluginSpec] = {}
+        for name, raw in plugins.items():
+            at = f"{where}.plugins.{name}"
+            plugin = REGISTRY.get(name)
+            if plugin is None:
+                self.issues.append(ConfigIssue(at, f"unknown plugin (known: {', '.join(sorted(REGISTRY))})"))
+                continue
+            values = dict(raw or {})
+            meta_raw = values.pop("_meta", None)
+            model = plugin.ConsumerConfig if consumer and plugin.ConsumerConfig is not None else plugin.Config
+            meta = self._validate(PluginMeta, meta_raw or {}, f"{at}._meta")
+            config = self._validate(model, values, at)
+            if meta is None or config is None:
+                continue
+            if not meta.disable:
+                priority = meta.priority if meta.priority is not None else plugin.priority
+                specs[name] = PluginSpec(plugin, config, priority)
+        return specs
+
+    def _validate(self, model: type[ModelT], values: Any, at: str) -> ModelT | None:
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            self.issues.extend(ConfigIssue(_loc(err["loc"], at), err["msg"]) for err in exc.errors())
+            return None
+
+    def _consumers(self) -> tuple[ConsumerIndex, dict[str, dict[str, PluginSpec]]]:
+        groups = {
+            g.id: self._plugins(f"consumer_groups[{i}]", g.plugins) for i, g in enumerate(self.config.consumer_groups)
+        }
+        built: list[Consumer] = []
+        credentials: dict[str, dict[str, Consumer]] = {}
+        extra_plugins: dict[str, dict[str, PluginSpec]] = {}
+        for index, raw in enumerate(self.config.consumers):
+            where = f"consumers[{index}]"
+            specs = self._plugins(where, raw.plugins, consumer=True)
+            if raw.group_id is not None and raw.group_id not in groups:
+                self.issues.append(ConfigIssue(f"{where}.group_id", _no("consumer_group", raw.group_id)))
+            consumer = Consumer(
+                username=raw.username,
+                group_id=raw.group_id,
+                labels=dict(raw.labels),
+                plugins={name: spec.config for name, spec in specs.items()},
+            )
+            built.append(consumer)
+            runs: dict[str, PluginSpec] = dict(groups.get(raw.group_id or "", {}))
+            for name, spec in specs.items():
+                if spec.plugin.ConsumerConfig is None:
+                    runs[name] = spec
+                    continue
+                credential = spec.plugin.consumer_credential(spec.config)
+                if credential is None:
+                    continue
+                index_for = credentials.setdefault(name, {})
+                if credential in index_for:
+                    other = index_for[credential].username
+                    self.issues.append(ConfigIssue(f"{where}.plugins.{name}", f"the same credential as {other!r}"))
+                index_for[credential] = consumer
+            extra_plugins[raw.username] = runs
+        return ConsumerIndex(built, credentials), extra_plugins
+
+
+def _no(kind: str, ident: str) -> str:
+    return f"no {kind} has id {ident!r}"
 
 
 def _loc(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -128,45 +299,14 @@ def _unique_ids(kind: str, items: Sequence[Any]) -> Iterator[ConfigIssue]:
         seen.add(item.id)
 
 
-def _load_protos(config: Config, base_dir: Path) -> tuple[dict[str, DescriptorIndex], list[ConfigIssue]]:
-    protos: dict[str, DescriptorIndex] = {}
-    issues: list[ConfigIssue] = []
-    for index, proto in enumerate(config.protos):
-        path = Path(proto.descriptor_set)
-        if not path.is_absolute():
-            path = base_dir / path
-        try:
-            protos[proto.id] = DescriptorIndex.from_file(path)
-        except TranscodeError as exc:
-            issues.append(ConfigIssue(f"protos[{index}].descriptor_set", exc.message))
-    return protos, issues
-
-
-def _validate_plugins(where: str, plugins: dict[str, Any]) -> tuple[dict[str, BaseModel], list[ConfigIssue]]:
-    configs: dict[str, BaseModel] = {}
-    issues: list[ConfigIssue] = []
-    for name, raw in plugins.items():
-        plugin = REGISTRY.get(name)
-        if plugin is None:
-            known = ", ".join(sorted(REGISTRY))
-            issues.append(ConfigIssue(f"{where}.plugins.{name}", f"unknown plugin (known: {known})"))
-            continue
-        try:
-            configs[name] = plugin.Config.model_validate(raw if raw is not None else {})
-        except ValidationError as exc:
-            issues.extend(ConfigIssue(_loc(err["loc"], f"{where}.plugins.{name}"), err["msg"]) for err in exc.errors())
-    return configs, issues
-
-
 def _check_transcode(
-    where: str, route: Route, transcode: Any, protos: dict[str, DescriptorIndex], config: Config
+    where: str, upstream: Upstream | None, transcode: Any, protos: dict[str, DescriptorIndex], config: Config
 ) -> Iterator[ConfigIssue]:
     at = f"{where}.plugins.grpc-transcode"
-    upstream = route.upstream or next((u for u in config.upstreams if u.id == route.upstream_id), None)
     if upstream is not None and upstream.scheme != "grpc":
         yield ConfigIssue(f"{where}.upstream", "grpc-transcode needs an upstream with scheme grpc")
     if transcode.proto_id not in {p.id for p in config.protos}:
-        yield ConfigIssue(f"{at}.proto_id", f"no proto has id {transcode.proto_id!r}")
+        yield ConfigIssue(f"{at}.proto_id", _no("proto", transcode.proto_id))
         return
     index = protos.get(transcode.proto_id)
     if index is None:

@@ -25,6 +25,8 @@ def _parse_size(value: Any) -> Any:
 
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]
+# A plugins map: plugin name -> its config; each value is validated by that plugin's model at load.
+PluginMap = dict[str, dict[str, Any] | None]
 
 
 class Model(BaseModel):
@@ -55,6 +57,8 @@ class GatewaySettings(Model):
     max_uri_size: ByteSize = 8 * 1024
     max_header_size: ByteSize = 8 * 1024
     max_header_count: int = Field(default=100, ge=1)
+    client_header_timeout: float = Field(default=60.0, gt=0)  # seconds for a whole request head (nginx's name)
+    client_body_timeout: float = Field(default=60.0, gt=0)  # seconds between two reads of a request body (nginx)
 
 
 class Node(Model):
@@ -111,7 +115,9 @@ class Route(Model):
     priority: int = 0
     upstream_id: str | None = None
     upstream: Upstream | None = None
-    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    service_id: str | None = None
+    plugin_config_id: str | None = None
+    plugins: PluginMap = Field(default_factory=dict)
     max_body_size: ByteSize | None = None  # None: the gateway's client_max_body_size
     enable: bool = True
 
@@ -169,6 +175,51 @@ def _check_route_uri(uri: str) -> None:
         raise ValueError(f"uri has a space or control character: {uri!r}")
 
 
+class Service(Model):
+    """Shared settings of several routes (APISIX's service): plugins and upstream they inherit."""
+
+    id: str = Field(pattern=_ID)
+    name: str | None = None
+    upstream_id: str | None = None
+    upstream: Upstream | None = None
+    plugins: PluginMap = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_upstream(self) -> Service:
+        if self.upstream is not None and self.upstream_id is not None:
+            raise ValueError("give at most one of upstream and upstream_id")
+        return self
+
+
+class PluginConfigSet(Model):
+    """A reusable set of plugins that routes name with plugin_config_id (APISIX's plugin_configs)."""
+
+    id: str = Field(pattern=_ID)
+    desc: str | None = None
+    plugins: PluginMap
+
+
+class GlobalRule(Model):
+    """Plugins that run for every request, before the route's own (APISIX's global_rules)."""
+
+    id: str = Field(pattern=_ID)
+    plugins: PluginMap
+
+
+class Consumer(Model):
+    username: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,100}$")
+    desc: str | None = None
+    group_id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    plugins: PluginMap = Field(default_factory=dict)
+
+
+class ConsumerGroup(Model):
+    id: str = Field(pattern=_ID)
+    desc: str | None = None
+    plugins: PluginMap = Field(default_factory=dict)
+
+
 class Proto(Model):
     id: str = Field(pattern=_ID)
     descriptor_set: str = Field(min_length=1, description="path to a FileDescriptorSet, relative to the config file")
@@ -177,5 +228,10 @@ class Proto(Model):
 class Config(Model):
     gateway: GatewaySettings = GatewaySettings()
     routes: list[Route] = Field(default_factory=list)
+    services: list[Service] = Field(default_factory=list)
     upstreams: list[Upstream] = Field(default_factory=list)
+    consumers: list[Consumer] = Field(default_factory=list)
+    consumer_groups: list[ConsumerGroup] = Field(default_factory=list)
+    plugin_configs: list[PluginConfigSet] = Field(default_factory=list)
+    global_rules: list[GlobalRule] = Field(default_factory=list)
     protos: list[Proto] = Field(default_factory=list)

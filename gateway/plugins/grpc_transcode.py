@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from gateway.plugins.base import Plugin
+from gateway.plugins.base import Plugin, PluginConfig
 
 
-class JsonPrintOptions(BaseModel):
+class JsonPrintOptions(PluginConfig):
     """How answers are printed; the defaults are grpc-gateway v2's default marshaler."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     use_proto_names: bool = False
     emit_unpopulated: bool = True
     enums_as_ints: bool = False
 
 
-class GrpcTranscodeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class GrpcTranscodeConfig(PluginConfig):
     proto_id: str = Field(min_length=1)
     # With `service` alone, that service's HttpRules decide; with `method` too, every request on
     # the route calls that one method (APISIX style). With neither, every rule in the proto counts.

@@ -43,7 +43,7 @@ def test_a_good_document_loads_with_its_protos(proto_file: Path) -> None:
     loaded = load_document(document(proto_file))
     assert loaded.config.routes[0].id == "r1"
     assert "kitchen" in loaded.protos
-    assert loaded.plugin_configs["r1"]["grpc-transcode"].proto_id == "kitchen"
+    assert loaded.route_plugins["r1"]["grpc-transcode"].config.proto_id == "kitchen"
 
 
 def test_apisix_node_map_and_list_forms_are_equal(proto_file: Path) -> None:

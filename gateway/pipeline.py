@@ -1,0 +1,96 @@
+"""PluginChain: a route's plugins ordered once; runs the request, response and log phases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+
+from gateway.context import RequestContext
+from gateway.plugins.base import Plugin, PluginSpec
+from gateway.responses import ProxyResponse, Reply
+
+log = logging.getLogger("protogate.pipeline")
+
+RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
+ResponseHook = Callable[[RequestContext, ProxyResponse], Awaitable[None]]
+
+_REQUEST_PHASES = ("rewrite", "access", "before_proxy")
+
+
+def _overrides(instance: Plugin, phase: str) -> bool:
+    # Only hooks a class defines itself are called (APISIX's `if phase_func`), so a no-op default
+    # costs nothing per request.
+    return getattr(type(instance), phase) is not getattr(Plugin, phase)
+
+
+class PluginChain:
+    """Plugin instances sorted by priority (higher first), with each phase's hooks pre-collected."""
+
+    def __init__(self, entries: Iterable[tuple[PluginSpec, Plugin]]) -> None:
+        ordered = sorted(entries, key=lambda entry: -entry[0].priority)
+        self.specs: dict[str, PluginSpec] = {spec.plugin.name: spec for spec, _ in ordered}
+        self.instances: dict[str, Plugin] = {spec.plugin.name: instance for spec, instance in ordered}
+        plugins = [instance for _, instance in ordered]
+        self.request_hooks: dict[str, tuple[RequestHook, ...]] = {
+            phase: tuple(getattr(p, phase) for p in plugins if _overrides(p, phase)) for phase in _REQUEST_PHASES
+        }
+        self.header_filters: tuple[ResponseHook, ...] = tuple(
+            p.header_filter for p in plugins if _overrides(p, "header_filter")
+        )
+        self.body_filters: tuple[ResponseHook, ...] = tuple(
+            p.body_filter for p in plugins if _overrides(p, "body_filter")
+        )
+        self.loggers: tuple[ResponseHook, ...] = tuple(p.log for p in plugins if _overrides(p, "log"))
+        self.needs_response_body = any(type(p).needs_response_body for p in plugins)
+
+    @classmethod
+    def build(cls, specs: Iterable[PluginSpec]) -> PluginChain:
+        return cls((spec, spec.plugin(spec.config)) for spec in specs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.instances
+
+    def __bool__(self) -> bool:
+        return bool(self.instances)
+
+    def with_overrides(self, specs: Mapping[str, PluginSpec]) -> PluginChain:
+        """This chain with some plugins added or replaced (a consumer's plugins over a route's).
+
+        Instances that are not replaced are shared, so their state (counters) stays one per route.
+        """
+        kept = [(spec, self.instances[name]) for name, spec in self.specs.items() if name not in specs]
+        return PluginChain([*kept, *((spec, spec.plugin(spec.config)) for spec in specs.values())])
+
+
+EMPTY_CHAIN = PluginChain(())
+
+
+async def run_request_phase(phase: str, chains: Sequence[PluginChain], ctx: RequestContext) -> Reply | None:
+    """One request phase over global rules first, then the route's plugins; the first Reply ends it."""
+    for chain in chains:
+        for hook in chain.request_hooks[phase]:
+            reply = await hook(ctx)
+            if reply is not None:
+                return reply
+    return None
+
+
+async def run_response_phases(chains: Sequence[PluginChain], ctx: RequestContext, response: ProxyResponse) -> None:
+    for chain in chains:
+        for header_filter in chain.header_filters:
+            await header_filter(ctx, response)
+    if any(chain.body_filters for chain in chains):
+        if any(chain.needs_response_body for chain in chains):
+            await response.read_body()
+        for chain in chains:
+            for body_filter in chain.body_filters:
+                await body_filter(ctx, response)
+
+
+async def run_log_phase(chains: Sequence[PluginChain], ctx: RequestContext, response: ProxyResponse) -> None:
+    for chain in chains:
+        for logger in chain.loggers:
+            try:
+                await logger(ctx, response)
+            except Exception:
+                log.exception("log phase of a plugin failed on route %s", ctx.route_id)
