@@ -15,7 +15,7 @@ from gateway.edge import edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.keys import LOADED_CONFIG, RUNTIME
 from gateway.paths import normalize_path, split_target
-from gateway.pipeline import PluginChain, run_log_phase, run_request_phase, run_response_phases
+from gateway.pipeline import run_log_phase, run_request_phase, run_response_phases
 from gateway.responses import ProxyResponse
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.writer import send_response
@@ -55,24 +55,25 @@ SERVER_HEADER = f"protogate/{__version__}"
 async def handle_request(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     ctx: RequestContext | None = None
-    chains: tuple[PluginChain, ...] = ()
     try:
         route, ctx = _route_request(runtime, request)
-        chains = (runtime.global_chain, route.chain)
-        response, chains = await _proxy(runtime, route, ctx, chains)
+        ctx.chains = (runtime.global_chain, route.chain)
+        response = await _proxy(runtime, route, ctx)
     except Exception as exc:
         response = ProxyResponse.from_error(to_gateway_error(exc))
     if ctx is not None:
         try:
-            await run_response_phases(chains, ctx, response)
+            await run_response_phases(ctx.chains, ctx, response)
         except Exception as exc:  # a response phase that fails still owes the client an answer
             response = ProxyResponse.from_error(to_gateway_error(exc))
         ctx.response = response
     response.headers["Server"] = SERVER_HEADER
-    sent = await send_response(request, response)
-    if ctx is not None and chains:
-        await run_log_phase(chains, ctx, response)
-    return sent
+    try:
+        return await send_response(request, response)
+    finally:
+        # After the client has the answer (or went away): every request is logged, stopped ones too.
+        if ctx is not None:
+            await run_log_phase(ctx.chains, ctx, response)
 
 
 def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRoute, RequestContext]:
@@ -91,6 +92,7 @@ def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRout
     ctx = RequestContext(
         request=request,
         route_id=route.route_id,
+        service_id=route.service_id,
         method=request.method,
         path=path,
         query=query,
@@ -102,23 +104,21 @@ def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRout
     return route, ctx
 
 
-async def _proxy(
-    runtime: Runtime, route: CompiledRoute, ctx: RequestContext, chains: tuple[PluginChain, ...]
-) -> tuple[ProxyResponse, tuple[PluginChain, ...]]:
-    """The request phases, then the upstream; returns the answer and the chains that ran."""
-    reply = await run_request_phase("rewrite", chains, ctx)
+async def _proxy(runtime: Runtime, route: CompiledRoute, ctx: RequestContext) -> ProxyResponse:
+    """The request phases, then the upstream. ctx.chains ends as the chains that ran."""
+    reply = await run_request_phase("rewrite", ctx.chains, ctx)
     if reply is None:
         if ctx.consumer is not None:
             ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
-            chains = (chains[0], route.chain_for(ctx.consumer, runtime.consumer_plugins))
-        reply = await run_request_phase("access", chains, ctx)
+            ctx.chains = (runtime.global_chain, route.chain_for(ctx.consumer, runtime.consumer_plugins))
+        reply = await run_request_phase("access", ctx.chains, ctx)
     if reply is None:
-        reply = await run_request_phase("before_proxy", chains, ctx)
+        reply = await run_request_phase("before_proxy", ctx.chains, ctx)
     if reply is not None:
         response = reply.to_response()
         response.source = "plugin"
-        return response, chains
-    return await route.target.handle(ctx), chains
+        return response
+    return await route.target.handle(ctx)
 
 
 def build_app(loaded: LoadedConfig) -> web.Application:

@@ -13,6 +13,7 @@ from gateway.body import read_body
 
 if TYPE_CHECKING:
     from gateway.consumers import Consumer, ConsumerIndex
+    from gateway.pipeline import PluginChain
     from gateway.responses import ProxyResponse
 
 
@@ -35,11 +36,14 @@ class RequestContext:
     client_ip: str
     consumers: ConsumerIndex
     body_limit: int
+    service_id: str | None = None
     started: float = field(default_factory=time.monotonic)
     consumer: Consumer | None = None
     vars: dict[str, Any] = field(default_factory=dict)
     upstream_metadata: list[tuple[str, str]] = field(default_factory=list)
     response: ProxyResponse | None = None
+    # Global rules' chain, then the route's (merged with the consumer's once one is known).
+    chains: tuple[PluginChain, ...] = ()
     _body: bytes | None = None
 
     async def read_body(self) -> bytes:

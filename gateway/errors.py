@@ -98,9 +98,19 @@ def to_gateway_error(exc: BaseException) -> GatewayError:
     return GatewayError.internal()
 
 
-def render_http(err: GatewayError) -> web.Response:
-    body = json.dumps(status_body(err.code, err.message, err.details), separators=(",", ":"), ensure_ascii=False)
-    headers = dict(err.headers)
+def error_body(err: GatewayError) -> bytes:
+    """The google.rpc.Status JSON of a refusal; `message` also satisfies APISIX-style clients."""
+    body = status_body(err.code, err.message, err.details)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_headers(err: GatewayError) -> dict[str, str]:
+    headers = {**err.headers, "Content-Type": "application/json"}
     if err.code == Code.UNAUTHENTICATED and "WWW-Authenticate" not in headers:
         headers["WWW-Authenticate"] = 'Bearer realm="protogate"'
-    return web.Response(status=err.status, body=body.encode(), content_type="application/json", headers=headers)
+    return headers
+
+
+def render_http(err: GatewayError) -> web.Response:
+    """A refusal made outside the pipeline (the edge's parser limits, aiohttp's own errors)."""
+    return web.Response(status=err.status, body=error_body(err), headers=error_headers(err))

@@ -9,8 +9,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from gateway.errors import GatewayError
-from transcoder.status import status_body
+from gateway.errors import GatewayError, error_body, error_headers
 
 
 @dataclass
@@ -67,9 +66,4 @@ class ProxyResponse:
 
     @classmethod
     def from_error(cls, err: GatewayError) -> ProxyResponse:
-        headers = CIMultiDict(err.headers)
-        headers["Content-Type"] = "application/json"
-        if err.status == 401 and "WWW-Authenticate" not in headers:
-            headers["WWW-Authenticate"] = 'Bearer realm="protogate"'
-        body = json.dumps(status_body(err.code, err.message, err.details), separators=(",", ":"), ensure_ascii=False)
-        return cls(err.status, headers, body.encode(), source="gateway")
+        return cls(err.status, CIMultiDict(error_headers(err)), error_body(err), source="gateway")

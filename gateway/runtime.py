@@ -27,6 +27,7 @@ class RouteTarget(Protocol):
 @dataclass
 class CompiledRoute:
     route_id: str
+    service_id: str | None
     target: RouteTarget
     chain: PluginChain
     body_limit: int
@@ -72,6 +73,7 @@ class Runtime:
             plugins = loaded.route_plugins.get(route.id, {})
             compiled = CompiledRoute(
                 route_id=route.id,
+                service_id=route.service_id,
                 target=self._target(route.id, loaded.upstream_of(route)),
                 chain=PluginChain.build(plugins.values()),
                 body_limit=body_limit,

@@ -1,0 +1,64 @@
+"""request-id: give every request an id (or keep the client's), pass it upstream and echo it in the answer."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from gateway.context import RequestContext
+from gateway.plugins.base import Plugin, PluginConfig
+from gateway.responses import ProxyResponse, Reply
+
+_ALPHANUMERIC = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_NANOID_ALPHABET = "_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# What a client's id may be: visible ASCII, bounded; anything else could poison logs or headers downstream.
+_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+VAR = "request_id"  # the ctx.vars key (and $request_id) other plugins and the log read
+
+
+class RangeId(PluginConfig):
+    char_set: str = Field(default=_ALPHANUMERIC, min_length=6, pattern=r"^[\x21-\x7e]+$")
+    length: int = Field(default=16, ge=6, le=128)
+
+
+class RequestIdConfig(PluginConfig):
+    header_name: str = Field(default="X-Request-Id", pattern=r"^[!#$%&'*+\-.^`|~0-9A-Za-z]+$")
+    include_in_response: bool = True
+    algorithm: Literal["uuid", "nanoid", "range_id"] = "uuid"
+    range_id: RangeId = Field(default_factory=RangeId)
+
+
+class RequestId(Plugin[RequestIdConfig]):
+    name: ClassVar[str] = "request-id"
+    priority: ClassVar[int] = 12015
+    Config = RequestIdConfig
+
+    async def rewrite(self, ctx: RequestContext) -> Reply | None:
+        sent = ctx.headers.getall(self.config.header_name, [])
+        # The client's id is kept (APISIX does), if it is one well-formed value.
+        request_id = sent[0] if len(sent) == 1 and _CLIENT_ID.match(sent[0]) else self._generate()
+        ctx.vars[VAR] = request_id
+        ctx.headers.popall(self.config.header_name, None)
+        ctx.set_upstream_header(self.config.header_name, request_id)  # gRPC upstreams get it as metadata
+        return None
+
+    async def header_filter(self, ctx: RequestContext, response: ProxyResponse) -> None:
+        if not self.config.include_in_response:
+            return
+        request_id = ctx.vars.get(VAR)
+        if request_id is None:  # refused before this plugin's rewrite ran (a global rule): still traceable
+            request_id = ctx.vars[VAR] = self._generate()
+        response.headers[self.config.header_name] = request_id
+
+    def _generate(self) -> str:
+        algorithm = self.config.algorithm
+        if algorithm == "uuid":
+            return str(uuid.uuid4())
+        if algorithm == "nanoid":
+            return "".join(secrets.choice(_NANOID_ALPHABET) for _ in range(21))
+        range_id = self.config.range_id
+        return "".join(secrets.choice(range_id.char_set) for _ in range(range_id.length))

@@ -1,0 +1,125 @@
+"""response-rewrite: config refusals with their paths, then the response hooks on hand-built answers."""
+
+from __future__ import annotations
+
+import base64
+
+from transform_support import answer, chunks, issues, loads, make_ctx
+
+from gateway.plugins.response_rewrite import ResponseRewrite
+
+AT = "routes[0].plugins.response-rewrite"
+
+
+def plugin(**config: object) -> ResponseRewrite:
+    return ResponseRewrite(loads("response-rewrite", config))
+
+
+# 1. config
+
+
+def test_config_refuses_bad_input_with_paths() -> None:
+    assert issues("response-rewrite", {"status_code": 100})[0].startswith(f"{AT}.status_code: ")
+    assert issues("response-rewrite", {"status_code": 599})[0].startswith(f"{AT}.status_code: ")
+    assert "body_base64 needs a body" in issues("response-rewrite", {"body_base64": True})[0]
+    assert "not valid base64" in issues("response-rewrite", {"body": "***", "body_base64": True})[0]
+    assert issues("response-rewrite", {"vars": [["status", "=~", 200]]})[0].startswith(f"{AT}.vars: ")
+    assert "unknown variable" in issues("response-rewrite", {"vars": [["nope", "==", 1]]})[0]
+    assert "needs a list" in issues("response-rewrite", {"vars": [["status", "in", 200]]})[0]
+    assert issues("response-rewrite", {"headers": {"add": ["no colon"]}})[0].startswith(f"{AT}.headers.add")
+    assert issues("response-rewrite", {"filters": [{"regex": "a", "replace": "b"}]})[0].startswith(f"{AT}.filters")
+
+
+def test_headers_forms() -> None:
+    config = loads("response-rewrite", {"headers": {"add": ["Set-Cookie: a=1; Path=/"], "set": {"X-N": 1}}})
+    assert config.headers.add == [("Set-Cookie", "a=1; Path=/")]
+    assert config.headers.set == {"X-N": "1"}
+    assert loads("response-rewrite", {"headers": {"X-Flat": "v"}}).headers.set == {"X-Flat": "v"}
+
+
+# 2. hooks
+
+
+async def test_status_headers_and_body_replace_a_streamed_answer() -> None:
+    rewrite = plugin(
+        status_code=203,
+        body='{"replaced":true}',
+        headers={"add": ["X-Added: 1"], "set": {"X-Status-Was": "$status", "Content-Type": "application/json"}},
+    )
+    ctx = make_ctx()
+    closed: list[bool] = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    response = answer(200, X_Old="o", Content_Length="5", Content_Encoding="gzip", ETag='"v1"')
+    response.stream, response.close = chunks(b"hello"), close
+    await rewrite.header_filter(ctx, response)
+    await rewrite.body_filter(ctx, response)
+    assert response.status == 203
+    assert response.headers["X-Status-Was"] == "200"  # values see the answer as it arrived
+    assert response.headers["X-Added"] == "1"
+    assert not {"Content-Length", "Content-Encoding", "ETag"} & set(response.headers)
+    assert response.body == b'{"replaced":true}'
+    assert response.stream is None and closed == [True]  # the upstream body is released unread
+
+
+async def test_vars_limit_the_rewrite_to_matching_statuses() -> None:
+    rewrite = plugin(vars=[["status", "in", [500, 502]]], status_code=503, body="down")
+    ok = answer(200, b"fine")
+    ctx = make_ctx()
+    await rewrite.header_filter(ctx, ok)
+    await rewrite.body_filter(ctx, ok)
+    assert (ok.status, ok.body) == (200, b"fine")
+    bad = answer(502, b"boom")
+    ctx = make_ctx()
+    await rewrite.header_filter(ctx, bad)
+    await rewrite.body_filter(ctx, bad)
+    assert (bad.status, bad.body) == (503, b"down")
+
+
+async def test_vars_operators() -> None:
+    cases = [
+        ([["status", "==", 404]], 404, True),
+        ([["status", "~=", 404]], 404, False),
+        ([["status", ">", 399], ["status", "<", 500]], 404, True),
+        ([["status", ">", 399], ["status", "<", 500]], 500, False),
+        ([["status", "!", "in", [200, 201]]], 404, True),
+        ([["OR", ["status", "==", 200], ["status", "==", 404]]], 404, True),
+        ([["status", "~~", "^5"]], 503, True),
+    ]
+    for expression, status, expected in cases:
+        rewrite = plugin(vars=expression, headers={"set": {"X-Hit": "1"}})
+        response = answer(status)
+        await rewrite.header_filter(make_ctx(), response)
+        assert ("X-Hit" in response.headers) is expected, (expression, status)
+
+
+async def test_gateway_generated_answers_are_rewritten_too() -> None:
+    rewrite = plugin(vars=[["status", "==", 401]], body="please log in", headers={"remove": ["WWW-Authenticate"]})
+    response = answer(401, b'{"code":16}', source="gateway", WWW_Authenticate="Bearer")
+    ctx = make_ctx()
+    await rewrite.header_filter(ctx, response)
+    await rewrite.body_filter(ctx, response)
+    assert response.body == b"please log in"
+    assert "WWW-Authenticate" not in response.headers
+
+
+async def test_base64_body() -> None:
+    rewrite = plugin(body=base64.b64encode(b"\x00\xffbin").decode(), body_base64=True)
+    response = answer(200, b"x")
+    ctx = make_ctx()
+    await rewrite.header_filter(ctx, response)
+    await rewrite.body_filter(ctx, response)
+    assert response.body == b"\x00\xffbin"
+
+
+async def test_headers_only_leaves_the_body_stream_alone() -> None:
+    rewrite = plugin(headers={"X-Flat": "v"})
+    response = answer(200)
+    stream = chunks(b"a")
+    response.stream = stream
+    ctx = make_ctx()
+    await rewrite.header_filter(ctx, response)
+    await rewrite.body_filter(ctx, response)
+    assert response.stream is stream and response.headers["X-Flat"] == "v"
