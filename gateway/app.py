@@ -15,7 +15,7 @@ from gateway.edge import edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.keys import LOADED_CONFIG, RUNTIME
 from gateway.paths import normalize_path, split_target
-from gateway.pipeline import run_log_phase, run_request_phase, run_response_phases
+from gateway.pipeline import run_late_rewrite, run_log_phase, run_request_phase, run_response_phases
 from gateway.responses import ProxyResponse
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.writer import send_response
@@ -107,10 +107,13 @@ def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRout
 async def _proxy(runtime: Runtime, route: CompiledRoute, ctx: RequestContext) -> ProxyResponse:
     """The request phases, then the upstream. ctx.chains ends as the chains that ran."""
     reply = await run_request_phase("rewrite", ctx.chains, ctx)
+    if reply is None and ctx.consumer is not None:
+        ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
+        chain = route.chain_for(ctx.consumer, runtime.consumer_plugins)
+        if chain is not route.chain:
+            ctx.chains = (runtime.global_chain, chain)
+            reply = await run_late_rewrite(chain, ctx)
     if reply is None:
-        if ctx.consumer is not None:
-            ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
-            ctx.chains = (runtime.global_chain, route.chain_for(ctx.consumer, runtime.consumer_plugins))
         reply = await run_request_phase("access", ctx.chains, ctx)
     if reply is None:
         reply = await run_request_phase("before_proxy", ctx.chains, ctx)

@@ -1,9 +1,10 @@
-"""The `protogate` command: run a gateway from a config file, or validate one."""
+"""The `protogate` command: run a gateway from a config file, validate one, or print its OpenAPI document."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -49,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     validate.set_defaults(func=_validate)
+
+    openapi = commands.add_parser(
+        "openapi",
+        help="print the OpenAPI document of the transcoded routes",
+        description="Print the OpenAPI 3.1 document (JSON) for the grpc-transcode routes of a config.",
+    )
+    openapi.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    openapi.add_argument("--route", action="append", help="only this route id (repeatable; default: all)")
+    openapi.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    openapi.set_defaults(func=_openapi)
     return parser
 
 
@@ -77,6 +88,28 @@ def _validate(args: argparse.Namespace) -> int:
     config = loaded.config
     counts = f"{len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.protos)} protos"
     print(f"{args.config}: ok ({counts})")
+    return 0
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from gateway.openapi_endpoint import route_openapi
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 1
+    listen = loaded.config.gateway.listen
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    title = ", ".join(args.route) if args.route else "protogate"
+    try:
+        document = route_openapi(loaded, args.route, title=title, server_url=f"http://{host}:{listen.port}")
+    except ValueError as exc:
+        print(f"protogate openapi: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
     return 0
 
 

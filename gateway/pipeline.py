@@ -41,7 +41,8 @@ class PluginChain:
             p.body_filter for p in plugins if _overrides(p, "body_filter")
         )
         self.loggers: tuple[ResponseHook, ...] = tuple(p.log for p in plugins if _overrides(p, "log"))
-        self.needs_response_body = any(type(p).needs_response_body for p in plugins)
+        self.needs_response_body = any(getattr(p, "needs_response_body", False) for p in plugins)
+        self.late_rewrite_hooks: tuple[RequestHook, ...] = ()
 
     @classmethod
     def build(cls, specs: Iterable[PluginSpec]) -> PluginChain:
@@ -53,13 +54,23 @@ class PluginChain:
     def __bool__(self) -> bool:
         return bool(self.instances)
 
-    def with_overrides(self, specs: Mapping[str, PluginSpec]) -> PluginChain:
+    def with_overrides(
+        self, specs: Mapping[str, PluginSpec], instance_for: Callable[[PluginSpec], Plugin] | None = None
+    ) -> PluginChain:
         """This chain with some plugins added or replaced (a consumer's plugins over a route's).
 
-        Instances that are not replaced are shared, so their state (counters) stays one per route.
+        Instances that are not replaced are shared, so their state (counters) stays one per route;
+        `instance_for` lets the caller share the new ones too (a group's plugins across its members).
+        The merged chain's `late_rewrite_hooks` are the rewrite hooks of the plugins it brought in:
+        they missed the rewrite phase, which ran before the consumer was known.
         """
+        make = instance_for or (lambda spec: spec.plugin(spec.config))
         kept = [(spec, self.instances[name]) for name, spec in self.specs.items() if name not in specs]
-        return PluginChain([*kept, *((spec, spec.plugin(spec.config)) for spec in specs.values())])
+        added = [(spec, make(spec)) for spec in specs.values()]
+        merged = PluginChain([*kept, *added])
+        fresh = PluginChain(added)
+        merged.late_rewrite_hooks = fresh.request_hooks["rewrite"]
+        return merged
 
 
 EMPTY_CHAIN = PluginChain(())
@@ -72,6 +83,16 @@ async def run_request_phase(phase: str, chains: Sequence[PluginChain], ctx: Requ
             reply = await hook(ctx)
             if reply is not None:
                 return reply
+    return None
+
+
+async def run_late_rewrite(chain: PluginChain, ctx: RequestContext) -> Reply | None:
+    """The rewrite hooks of a consumer's own plugins, once authentication found the consumer (APISIX's
+    rewrite_in_consumer)."""
+    for hook in chain.late_rewrite_hooks:
+        reply = await hook(ctx)
+        if reply is not None:
+            return reply
     return None
 
 

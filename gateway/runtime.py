@@ -10,6 +10,7 @@ from gateway.config.models import Upstream
 from gateway.consumers import Consumer
 from gateway.context import RequestContext
 from gateway.pipeline import PluginChain
+from gateway.plugins.base import Plugin, PluginSpec
 from gateway.plugins.grpc_transcode import GrpcTranscodeConfig
 from gateway.responses import ProxyResponse
 from gateway.router import RouteSpec, RouteTable
@@ -33,6 +34,8 @@ class CompiledRoute:
     body_limit: int
     # A consumer's own plugins merged over the route's, built on first use per consumer.
     consumer_chains: dict[str, PluginChain] = field(default_factory=dict)
+    # One instance per consumer-side PluginSpec on this route: a group's limit is shared by its members.
+    consumer_instances: dict[int, Plugin] = field(default_factory=dict)
 
     def chain_for(self, consumer: Consumer | None, consumer_plugins: dict[str, dict]) -> PluginChain:
         if consumer is None:
@@ -42,8 +45,14 @@ class CompiledRoute:
             return self.chain
         chain = self.consumer_chains.get(consumer.username)
         if chain is None:
-            chain = self.consumer_chains[consumer.username] = self.chain.with_overrides(extra)
+            chain = self.consumer_chains[consumer.username] = self.chain.with_overrides(extra, self._instance_for)
         return chain
+
+    def _instance_for(self, spec: PluginSpec) -> Plugin:
+        instance = self.consumer_instances.get(id(spec))
+        if instance is None:
+            instance = self.consumer_instances[id(spec)] = spec.plugin(spec.config)
+        return instance
 
 
 class HttpProxyTarget:

@@ -19,7 +19,6 @@ from gateway.consumers import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from gateway.plugins import REGISTRY
 from gateway.plugins.base import PluginMeta, PluginSpec
 from transcoder.descriptors import DescriptorIndex
-from transcoder.errors import TranscodeError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -136,12 +135,12 @@ class _Checker:
         service_plugins = {sid: self._plugins(f"services[{i}]", s.plugins) for sid, (i, s) in services.items()}
         global_plugins: dict[str, PluginSpec] = {}
         for index, rule in enumerate(config.global_rules):
-            global_plugins.update(self._plugins(f"global_rules[{index}]", rule.plugins))
+            global_plugins.update(_enabled(self._plugins(f"global_rules[{index}]", rule.plugins)))
 
         route_plugins: dict[str, dict[str, PluginSpec]] = {}
         for index, route in enumerate(config.routes):
             where = f"routes[{index}]"
-            merged: dict[str, PluginSpec] = {}
+            merged: dict[str, PluginSpec | None] = {}
             service = None
             if route.service_id is not None:
                 if route.service_id not in services:
@@ -157,9 +156,9 @@ class _Checker:
                 else:
                     merged.update(plugin_sets[route.plugin_config_id])
             merged.update(self._plugins(where, route.plugins))
-            route_plugins[route.id] = merged
+            route_plugins[route.id] = _enabled(merged)
             upstream = self._route_upstream(where, route, service, upstream_ids)
-            transcode = merged.get("grpc-transcode")
+            transcode = route_plugins[route.id].get("grpc-transcode")
             if transcode is not None:
                 self.issues.extend(_check_transcode(where, upstream, transcode.config, protos, config))
 
@@ -198,20 +197,26 @@ class _Checker:
         return next(u for u in self.config.upstreams if u.id == upstream_id)
 
     def _load_protos(self) -> dict[str, DescriptorIndex]:
+        # Imported here: descriptor_sources imports config.models, and this package imports the loader.
+        from gateway.descriptor_sources import SourceError, load_descriptor_index
+
+        upstreams = {u.id: u for u in self.config.upstreams if u.id}
         protos: dict[str, DescriptorIndex] = {}
         for index, proto in enumerate(self.config.protos):
-            path = Path(proto.descriptor_set)
-            if not path.is_absolute():
-                path = self.base_dir / path
             try:
-                protos[proto.id] = DescriptorIndex.from_file(path)
-            except TranscodeError as exc:
-                self.issues.append(ConfigIssue(f"protos[{index}].descriptor_set", exc.message))
+                loaded = load_descriptor_index(proto, self.base_dir, upstreams)
+            except SourceError as exc:
+                self.issues.append(ConfigIssue(f"protos[{index}].{exc.field}", exc.message))
+                continue
+            # None: an optional reflection source that did not answer; its routes wait for the watcher.
+            if loaded is not None:
+                protos[proto.id] = loaded
         return protos
 
-    def _plugins(self, where: str, plugins: dict[str, Any], *, consumer: bool = False) -> dict[str, PluginSpec]:
-        """Validate a plugins map; disabled plugins (`_meta.disable`) are left out."""
-        specs: dict[str, PluginSpec] = {}
+    def _plugins(self, where: str, plugins: dict[str, Any], *, consumer: bool = False) -> dict[str, PluginSpec | None]:
+        """Validate a plugins map. A disabled plugin (`_meta.disable`) maps to None, so that merging
+        it over an inherited config (service, plugin_config, group) turns the inherited one off."""
+        specs: dict[str, PluginSpec | None] = {}
         for name, raw in plugins.items():
             at = f"{where}.plugins.{name}"
             plugin = REGISTRY.get(name)
@@ -225,9 +230,8 @@ class _Checker:
             config = self._validate(model, values, at)
             if meta is None or config is None:
                 continue
-            if not meta.disable:
-                priority = meta.priority if meta.priority is not None else plugin.priority
-                specs[name] = PluginSpec(plugin, config, priority)
+            priority = meta.priority if meta.priority is not None else plugin.priority
+            specs[name] = None if meta.disable else PluginSpec(plugin, config, priority)
         return specs
 
     def _validate(self, model: type[ModelT], values: Any, at: str) -> ModelT | None:
@@ -239,7 +243,8 @@ class _Checker:
 
     def _consumers(self) -> tuple[ConsumerIndex, dict[str, dict[str, PluginSpec]]]:
         groups = {
-            g.id: self._plugins(f"consumer_groups[{i}]", g.plugins) for i, g in enumerate(self.config.consumer_groups)
+            g.id: _enabled(self._plugins(f"consumer_groups[{i}]", g.plugins))
+            for i, g in enumerate(self.config.consumer_groups)
         }
         built: list[Consumer] = []
         credentials: dict[str, dict[str, Consumer]] = {}
@@ -253,11 +258,14 @@ class _Checker:
                 username=raw.username,
                 group_id=raw.group_id,
                 labels=dict(raw.labels),
-                plugins={name: spec.config for name, spec in specs.items()},
+                plugins={name: spec.config for name, spec in specs.items() if spec is not None},
             )
             built.append(consumer)
             runs: dict[str, PluginSpec] = dict(groups.get(raw.group_id or "", {}))
             for name, spec in specs.items():
+                if spec is None:  # a consumer may turn off its group's plugin
+                    runs.pop(name, None)
+                    continue
                 if spec.plugin.ConsumerConfig is None:
                     runs[name] = spec
                     continue
@@ -271,6 +279,10 @@ class _Checker:
                 index_for[credential] = consumer
             extra_plugins[raw.username] = runs
         return ConsumerIndex(built, credentials), extra_plugins
+
+
+def _enabled(specs: dict[str, PluginSpec | None]) -> dict[str, PluginSpec]:
+    return {name: spec for name, spec in specs.items() if spec is not None}
 
 
 def _no(kind: str, ident: str) -> str:

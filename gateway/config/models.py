@@ -220,9 +220,41 @@ class ConsumerGroup(Model):
     plugins: PluginMap = Field(default_factory=dict)
 
 
+class ReflectionSource(Model):
+    """Descriptors read from a backend's gRPC server reflection (v1, else v1alpha), at load and on refresh."""
+
+    upstream_id: str = Field(pattern=_ID)
+    services: list[str] | None = Field(default=None, min_length=1)  # None: every service the backend lists
+    refresh_interval: float = Field(default=30.0, ge=0)  # seconds; 0: only when a node reconnects
+    timeout: float = Field(default=3.0, gt=0)  # seconds per node for connecting and fetching
+    # False: start even when no node answers at load; the proto's routes answer 503 until a fetch works.
+    required: bool = True
+
+
 class Proto(Model):
+    """One set of descriptors, from exactly one source: descriptor_set, proto_files or reflection."""
+
     id: str = Field(pattern=_ID)
-    descriptor_set: str = Field(min_length=1, description="path to a FileDescriptorSet, relative to the config file")
+    descriptor_set: str | None = Field(
+        default=None, min_length=1, description="path to a FileDescriptorSet, relative to the config file"
+    )
+    proto_files: list[str] | None = Field(
+        default=None, min_length=1, description=".proto files compiled at load, relative to the config file"
+    )
+    include_dirs: list[str] = Field(
+        default_factory=list, description="import roots for proto_files (default: the config file's directory)"
+    )
+    reflection: ReflectionSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Proto:
+        given = [name for name in ("descriptor_set", "proto_files", "reflection") if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = f" (found {' and '.join(given)})" if given else ""
+            raise ValueError(f"give exactly one of descriptor_set, proto_files and reflection{found}")
+        if self.include_dirs and self.proto_files is None:
+            raise ValueError("include_dirs only applies to proto_files")
+        return self
 
 
 class Config(Model):

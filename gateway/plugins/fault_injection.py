@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin, PluginConfig
-from gateway.plugins.proxy_rewrite import HeaderOps
+from gateway.plugins.proxy_rewrite import HeaderOps, checked_header_value
 from gateway.plugins.variables import Expression, Template, check_template, compile_expression
 from gateway.responses import Reply
 
@@ -114,4 +114,4 @@ class FaultInjection(Plugin[FaultInjectionConfig]):
             return None
         assert abort is not None
         body = self._body.render(ctx) if self._body is not None else b""
-        return Reply(abort.http_status, body, {name: t.render(ctx) for name, t in self._headers})
+        return Reply(abort.http_status, body, {n: checked_header_value(n, t.render(ctx)) for n, t in self._headers})

@@ -28,6 +28,7 @@ class GrpcTranscodeConfig(PluginConfig):
     strict_body: bool = False  # unknown JSON fields in the body -> 400 instead of ignored
     deadline: float | None = Field(default=None, gt=0)  # seconds; default: the upstream's read timeout
     json_options: JsonPrintOptions = Field(default_factory=JsonPrintOptions, alias="json")
+    openapi: bool = False  # serve GET <uri prefix>/openapi.json, built once at load
 
     @model_validator(mode="after")
     def _method_needs_service(self) -> GrpcTranscodeConfig:

@@ -20,6 +20,10 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(:[0-9]{1,5})?$")
 # What may stand raw in a path (RFC 3986 pchar and "/"); a variable's value is escaped to fit it.
 _PATH_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# Headers that describe the HTTP hop, not the call: never turned into gRPC metadata.
+_NOT_METADATA = frozenset(
+    {"host", "te", "content-type", "content-length", "user-agent", "connection", "transfer-encoding", "keep-alive"}
+)
 _GROUP = re.compile(r"\$\$|\$\{(\d+)\}|\$(\d)")
 
 Method = Literal[
@@ -171,19 +175,31 @@ class ProxyRewrite(Plugin[ProxyRewriteConfig]):
             ctx.headers["Host"] = config.host
         # Header values see the request as rewritten above; add, then set, then remove (APISIX's order).
         for name, template in self._add:
-            ctx.headers.add(name, _header_value(name, template.render(ctx)))
+            add_request_header(ctx, name, checked_header_value(name, template.render(ctx)))
         for name, template in self._set:
-            set_request_header(ctx, name, _header_value(name, template.render(ctx)))
+            set_request_header(ctx, name, checked_header_value(name, template.render(ctx)))
         for name in self._remove:
             remove_request_header(ctx, name)
         return None
 
 
+def _as_metadata(name: str) -> bool:
+    lowered = name.lower()
+    return lowered not in _NOT_METADATA and not lowered.startswith("grpc-") and not lowered.endswith("-bin")
+
+
 def set_request_header(ctx: RequestContext, name: str, value: str) -> None:
-    """Set a header going upstream; if the gateway asserts it as gRPC metadata too, there as well."""
-    ctx.headers[name] = value
-    if any(key == name.lower() for key, _ in ctx.upstream_metadata):
+    """Set a header going upstream; a gRPC upstream gets it as metadata (the operator asserts it)."""
+    if _as_metadata(name):
         ctx.set_upstream_header(name, value)
+    else:
+        ctx.headers[name] = value
+
+
+def add_request_header(ctx: RequestContext, name: str, value: str) -> None:
+    ctx.headers.add(name, value)
+    if _as_metadata(name):
+        ctx.upstream_metadata.append((name.lower(), value))
 
 
 def remove_request_header(ctx: RequestContext, name: str) -> None:
@@ -192,10 +208,10 @@ def remove_request_header(ctx: RequestContext, name: str) -> None:
     ctx.upstream_metadata = [(k, v) for k, v in ctx.upstream_metadata if k != lowered]
 
 
-def _header_value(name: str, value: str) -> str:
+def checked_header_value(name: str, value: str) -> str:
     # A cookie value can carry a decoded control character; never let one reach a header.
     if _BAD_VALUE.search(value):
-        raise GatewayError.bad_request(f"rewritten header {name} would have a control character")
+        raise GatewayError.bad_request(f"header {name} would have a control character")
     return value
 
 

@@ -37,11 +37,17 @@ class RequestId(Plugin[RequestIdConfig]):
     priority: ClassVar[int] = 12015
     Config = RequestIdConfig
 
+    def __init__(self, config: RequestIdConfig) -> None:
+        super().__init__(config)
+        # One slot per header name (APISIX's ctx["request-id-" .. header_name]): a global and a route
+        # request-id on different headers keep their own ids.
+        self._var = f"{VAR}:{config.header_name.lower()}"
+
     async def rewrite(self, ctx: RequestContext) -> Reply | None:
         sent = ctx.headers.getall(self.config.header_name, [])
         # The client's id is kept (APISIX does), if it is one well-formed value.
         request_id = sent[0] if len(sent) == 1 and _CLIENT_ID.match(sent[0]) else self._generate()
-        ctx.vars[VAR] = request_id
+        ctx.vars[VAR] = ctx.vars[self._var] = request_id
         ctx.headers.popall(self.config.header_name, None)
         ctx.set_upstream_header(self.config.header_name, request_id)  # gRPC upstreams get it as metadata
         return None
@@ -49,9 +55,10 @@ class RequestId(Plugin[RequestIdConfig]):
     async def header_filter(self, ctx: RequestContext, response: ProxyResponse) -> None:
         if not self.config.include_in_response:
             return
-        request_id = ctx.vars.get(VAR)
+        request_id = ctx.vars.get(self._var)
         if request_id is None:  # refused before this plugin's rewrite ran (a global rule): still traceable
-            request_id = ctx.vars[VAR] = self._generate()
+            request_id = ctx.vars[self._var] = self._generate()
+            ctx.vars.setdefault(VAR, request_id)
         response.headers[self.config.header_name] = request_id
 
     def _generate(self) -> str:

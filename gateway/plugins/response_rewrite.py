@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin, PluginConfig
-from gateway.plugins.proxy_rewrite import HeaderOps, header_ops
+from gateway.plugins.proxy_rewrite import HeaderOps, checked_header_value, header_ops
 from gateway.plugins.variables import Expression, Template, compile_expression
 from gateway.responses import ProxyResponse
 
@@ -74,8 +74,8 @@ class ResponseRewrite(Plugin[ResponseRewriteConfig]):
         if not matched:
             return
         # Values are rendered against the answer before any of these changes touch it.
-        added = [(name, template.render(ctx, response)) for name, template in self._add]
-        replaced = [(name, template.render(ctx, response)) for name, template in self._set]
+        added = [(name, checked_header_value(name, t.render(ctx, response))) for name, t in self._add]
+        replaced = [(name, checked_header_value(name, t.render(ctx, response))) for name, t in self._set]
         if self.config.status_code is not None:
             response.status = self.config.status_code
         if self._body is not None:

@@ -46,7 +46,6 @@ async def test_abort_always_with_body_and_headers_from_vars() -> None:
 
 
 async def test_percentage_zero_never_hundred_always(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert await plugin(abort={"http_status": 500, "percentage": 0}).rewrite(make_ctx()) is not None or True
     for _ in range(50):
         assert await plugin(abort={"http_status": 500, "percentage": 0}).rewrite(make_ctx()) is None
         assert await plugin(abort={"http_status": 500, "percentage": 100}).rewrite(make_ctx()) is not None

@@ -129,3 +129,11 @@ async def test_control_characters_from_a_cookie_never_reach_a_header() -> None:
     with pytest.raises(GatewayError) as caught:
         await plugin(headers={"X-C": "$cookie_c"}).rewrite(ctx)
     assert caught.value.status == 400
+
+
+async def test_set_and_added_headers_go_to_grpc_upstreams_as_metadata_but_hop_headers_do_not() -> None:
+    ctx = make_ctx("/a")
+    config = {"headers": {"set": {"X-Tenant": "acme", "Content-Type": "text/plain"}, "add": {"X-Tag": "a"}}}
+    await plugin(**config).rewrite(ctx)
+    assert ctx.upstream_metadata == [("x-tag", "a"), ("x-tenant", "acme")]  # add runs before set
+    assert ctx.headers["Content-Type"] == "text/plain"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from transform_support import answer, chunks, issues, loads, make_ctx
 
+from gateway.errors import GatewayError
 from gateway.plugins.response_rewrite import ResponseRewrite
 
 AT = "routes[0].plugins.response-rewrite"
@@ -123,3 +125,10 @@ async def test_headers_only_leaves_the_body_stream_alone() -> None:
     await rewrite.header_filter(ctx, response)
     await rewrite.body_filter(ctx, response)
     assert response.stream is stream and response.headers["X-Flat"] == "v"
+
+
+async def test_a_control_character_from_a_cookie_never_reaches_a_response_header() -> None:
+    ctx = make_ctx(headers=[("Cookie", 'c="a\\015\\012Set-Cookie: x=1"')])
+    with pytest.raises(GatewayError) as caught:
+        await plugin(headers={"set": {"X-C": "$cookie_c"}}).header_filter(ctx, answer(200))
+    assert caught.value.status == 400

@@ -18,7 +18,8 @@ UPSTREAM = {"id": "u", "scheme": "http", "nodes": {"127.0.0.1:1": 1}}
 
 
 def document(name: str, config: Any) -> dict[str, Any]:
-    return {"upstreams": [UPSTREAM], "routes": [{"id": "r", "uri": "/*", "upstream_id": "u", "plugins": {name: config}}]}
+    route = {"id": "r", "uri": "/*", "upstream_id": "u", "plugins": {name: config}}
+    return {"upstreams": [UPSTREAM], "routes": [route]}
 
 
 def issues(name: str, config: Any) -> list[str]:
@@ -42,11 +43,10 @@ def make_ctx(
 ) -> RequestContext:
     transport = mock.Mock()
     extra = {"peername": ("192.0.2.7", 50000), "sockname": ("127.0.0.1", 9080)}
-    if scheme == "https":
-        extra["sslcontext"] = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: extra.get(name, default)
     raw = CIMultiDict(headers or [])
-    request = make_mocked_request(method, target, headers=raw, transport=transport)
+    sslcontext = mock.Mock() if scheme == "https" else None
+    request = make_mocked_request(method, target, headers=raw, transport=transport, sslcontext=sslcontext)
     path, _, query = target.partition("?")
     return RequestContext(
         request=request,
