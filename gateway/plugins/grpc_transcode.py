@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,9 @@ class GrpcTranscodeConfig(PluginConfig):
     strict_body: bool = False  # unknown JSON fields in the body -> 400 instead of ignored
     deadline: float | None = Field(default=None, gt=0)  # seconds; default: the upstream's read timeout
     json_options: JsonPrintOptions = Field(default_factory=JsonPrintOptions, alias="json")
+    # How a server-streamed answer is framed: grpc-gateway's newline-delimited {"result": ...} lines,
+    # server-sent events, or one JSON array (Envoy). `Accept: text/event-stream` asks for SSE on any route.
+    stream_format: Literal["ndjson", "sse", "array"] = "ndjson"
     openapi: bool = False  # serve GET <uri prefix>/openapi.json, built once at load
 
     @model_validator(mode="after")
