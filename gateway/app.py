@@ -13,6 +13,7 @@ from gateway.config.loader import LoadedConfig
 from gateway.context import RequestContext
 from gateway.edge import edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
+from gateway.grpc_web import as_grpc_web
 from gateway.keys import LOADED_CONFIG, RUNTIME
 from gateway.paths import normalize_path, split_target
 from gateway.pipeline import run_late_rewrite, run_log_phase, run_request_phase, run_response_phases
@@ -67,6 +68,8 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
         except Exception as exc:  # a response phase that fails still owes the client an answer
             response = ProxyResponse.from_error(to_gateway_error(exc))
         ctx.response = response
+    # A gRPC-Web client reads refusals (a plugin's, the router's) as gRPC statuses, not JSON.
+    response = as_grpc_web(request.headers.get("Content-Type"), response)
     response.headers["Server"] = SERVER_HEADER
     try:
         return await send_response(request, response)

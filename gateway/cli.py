@@ -17,6 +17,8 @@ from gateway import __version__
 from gateway.app import build_app
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.edge import EdgeRunner
+from gateway.grpc_proxy import GrpcProxyServer
+from gateway.keys import RUNTIME
 
 log = logging.getLogger("protogate")
 
@@ -157,14 +159,28 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
         await web_runner.cleanup()
         print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
+    grpc_server: GrpcProxyServer | None = None
+    if settings.grpc_listen is not None:
+        # Read per call, so the listener follows the app's runtime (built by the app's cleanup_ctx in setup()).
+        grpc_server = GrpcProxyServer(lambda: app[RUNTIME], settings.grpc_listen.host, settings.grpc_listen.port)
+        try:
+            await grpc_server.start()
+        except OSError as exc:
+            await web_runner.cleanup()
+            print(f"protogate: {exc}", file=sys.stderr)
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a SIGTERM right after it is graceful
         loop.add_signal_handler(sig, stop.set)
+    if grpc_server is not None:
+        print(f"protogate {__version__} grpc listening on {grpc_server.address}", flush=True)
     bound = _bound_address(site)
     print(f"protogate {__version__} listening on http://{bound}", flush=True)
     await stop.wait()
     log.info("shutting down")
+    if grpc_server is not None:
+        await grpc_server.stop(10.0)
     await web_runner.cleanup()
     return 0
 

@@ -16,7 +16,7 @@ from gateway.app import IDENTITY_HEADERS
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, to_gateway_error
 from gateway.grpc_context import GRPC_METHOD, call_context, passed_metadata, unavailable_details, upstream_metadata
-from gateway.pipeline import run_log_phase, run_request_phase
+from gateway.pipeline import run_late_rewrite, run_log_phase, run_request_phase
 from gateway.responses import ProxyResponse, Reply
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.upstream.grpc import GrpcUpstream
@@ -56,17 +56,17 @@ def reply_error(reply: Reply) -> GatewayError:
     """A plugin's Reply to a gRPC call: only a refusal (4xx, 5xx) has a gRPC meaning."""
     if reply.status < 400:
         return GatewayError(502, Code.UNKNOWN, f"a plugin answered with HTTP {reply.status}, which gRPC cannot carry")
-    message = ""
     body = reply.body
-    if isinstance(body, dict):
-        message = str(body.get("message") or body.get("error_msg") or "")
-    elif isinstance(body, bytes | str):
+    if isinstance(body, bytes | str):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         try:
-            parsed = json.loads(text)
+            body = json.loads(text)
         except ValueError:
-            parsed = None
-        message = str(parsed.get("message", "")) if isinstance(parsed, dict) else text.strip()
+            body = text.strip()
+    if isinstance(body, dict):
+        message = str(body.get("message") or body.get("error_msg") or "")
+    else:
+        message = body if isinstance(body, str) else ""
     return GatewayError(reply.status, code_from_http_status(reply.status), message[:1024] or f"HTTP {reply.status}")
 
 
@@ -77,13 +77,16 @@ def upstream_of(route: CompiledRoute) -> GrpcUpstream | None:
 
 
 async def run_request_phases(runtime: Runtime, route: CompiledRoute, ctx: RequestContext) -> Reply | None:
-    """rewrite, access, before_proxy, as the HTTP edge runs them: the consumer's name is asserted upstream."""
+    """rewrite, access, before_proxy exactly as app._proxy runs them (the consumer asserted upstream)."""
     ctx.chains = (runtime.global_chain, route.chain)
     reply = await run_request_phase("rewrite", ctx.chains, ctx)
+    if reply is None and ctx.consumer is not None:
+        ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
+        chain = route.chain_for(ctx.consumer, runtime.consumer_plugins)
+        if chain is not route.chain:
+            ctx.chains = (runtime.global_chain, chain)
+            reply = await run_late_rewrite(chain, ctx)
     if reply is None:
-        if ctx.consumer is not None:
-            ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
-            ctx.chains = (runtime.global_chain, route.chain_for(ctx.consumer, runtime.consumer_plugins))
         reply = await run_request_phase("access", ctx.chains, ctx)
     if reply is None:
         reply = await run_request_phase("before_proxy", ctx.chains, ctx)

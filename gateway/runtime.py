@@ -9,6 +9,7 @@ from gateway.config.loader import LoadedConfig
 from gateway.config.models import Upstream
 from gateway.consumers import Consumer
 from gateway.context import RequestContext
+from gateway.grpc_web import GrpcWebSwitch, GrpcWebTarget
 from gateway.pipeline import PluginChain
 from gateway.plugins.base import Plugin, PluginSpec
 from gateway.plugins.grpc_transcode import GrpcTranscodeConfig
@@ -94,7 +95,11 @@ class Runtime:
         transcode = self.loaded.plugin_config(route_id, "grpc-transcode")
         if isinstance(transcode, GrpcTranscodeConfig):
             index = self.loaded.protos[transcode.proto_id]
-            return TranscodeTarget(transcode, index, self._grpc_upstream(upstream))
+            client = self._grpc_upstream(upstream)
+            # JSON is transcoded; gRPC-Web requests on the same route pass through as they are.
+            return GrpcWebSwitch(GrpcWebTarget(client), TranscodeTarget(transcode, index, client))
+        if upstream.scheme == "grpc":
+            return GrpcWebTarget(self._grpc_upstream(upstream))
         return HttpProxyTarget(self._http_upstream(upstream))
 
     # Upstreams shared by several routes (upstream_id) share one set of channels or one pool.

@@ -53,6 +53,8 @@ class GatewaySettings(Model):
     """Process-wide settings (APISIX's config.yaml `apisix:` block, kept in the same file)."""
 
     listen: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress()
+    # The native gRPC listener (h2c): every call proxied by route; None serves no native gRPC.
+    grpc_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None
     client_max_body_size: ByteSize = 1024 * 1024
     max_uri_size: ByteSize = 8 * 1024
     max_header_size: ByteSize = 8 * 1024
