@@ -16,7 +16,7 @@ from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.grpc_web import as_grpc_web
 from gateway.keys import LOADED_CONFIG, RUNTIME
 from gateway.paths import normalize_path, split_target
-from gateway.pipeline import run_late_rewrite, run_log_phase, run_request_phase, run_response_phases
+from gateway.pipeline import run_log_phase, run_request_phases, run_response_phases
 from gateway.responses import ProxyResponse
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.writer import send_response
@@ -58,7 +58,6 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
     ctx: RequestContext | None = None
     try:
         route, ctx = _route_request(runtime, request)
-        ctx.chains = (runtime.global_chain, route.chain)
         response = await _proxy(runtime, route, ctx)
     except Exception as exc:
         response = ProxyResponse.from_error(to_gateway_error(exc))
@@ -108,18 +107,8 @@ def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRout
 
 
 async def _proxy(runtime: Runtime, route: CompiledRoute, ctx: RequestContext) -> ProxyResponse:
-    """The request phases, then the upstream. ctx.chains ends as the chains that ran."""
-    reply = await run_request_phase("rewrite", ctx.chains, ctx)
-    if reply is None and ctx.consumer is not None:
-        ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
-        chain = route.chain_for(ctx.consumer, runtime.consumer_plugins)
-        if chain is not route.chain:
-            ctx.chains = (runtime.global_chain, chain)
-            reply = await run_late_rewrite(chain, ctx)
-    if reply is None:
-        reply = await run_request_phase("access", ctx.chains, ctx)
-    if reply is None:
-        reply = await run_request_phase("before_proxy", ctx.chains, ctx)
+    """The request phases, then the upstream."""
+    reply = await run_request_phases(runtime.global_chain, route, runtime.consumer_plugins, ctx)
     if reply is not None:
         response = reply.to_response()
         response.source = "plugin"

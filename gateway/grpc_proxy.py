@@ -16,7 +16,7 @@ from gateway.app import IDENTITY_HEADERS
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, to_gateway_error
 from gateway.grpc_context import GRPC_METHOD, call_context, passed_metadata, unavailable_details, upstream_metadata
-from gateway.pipeline import run_late_rewrite, run_log_phase, run_request_phase
+from gateway.pipeline import run_log_phase, run_request_phases
 from gateway.responses import ProxyResponse, Reply
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.upstream.grpc import GrpcUpstream
@@ -76,23 +76,6 @@ def upstream_of(route: CompiledRoute) -> GrpcUpstream | None:
     return upstream if isinstance(upstream, GrpcUpstream) else None
 
 
-async def run_request_phases(runtime: Runtime, route: CompiledRoute, ctx: RequestContext) -> Reply | None:
-    """rewrite, access, before_proxy exactly as app._proxy runs them (the consumer asserted upstream)."""
-    ctx.chains = (runtime.global_chain, route.chain)
-    reply = await run_request_phase("rewrite", ctx.chains, ctx)
-    if reply is None and ctx.consumer is not None:
-        ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
-        chain = route.chain_for(ctx.consumer, runtime.consumer_plugins)
-        if chain is not route.chain:
-            ctx.chains = (runtime.global_chain, chain)
-            reply = await run_late_rewrite(chain, ctx)
-    if reply is None:
-        reply = await run_request_phase("access", ctx.chains, ctx)
-    if reply is None:
-        reply = await run_request_phase("before_proxy", ctx.chains, ctx)
-    return reply
-
-
 class GrpcProxyServer:
     """A grpc.aio server whose one generic handler proxies every method through the current runtime.
 
@@ -137,7 +120,7 @@ class GrpcProxyServer:
         source = "gateway"
         try:
             route, upstream, ctx = self._admit(runtime, method, context)
-            reply = await run_request_phases(runtime, route, ctx)
+            reply = await run_request_phases(runtime.global_chain, route, runtime.consumer_plugins, ctx)
             if reply is not None:
                 source = "plugin"
                 raise reply_error(reply)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin, PluginSpec
 from gateway.responses import ProxyResponse, Reply
+
+if TYPE_CHECKING:
+    from gateway.consumers import Consumer
 
 log = logging.getLogger("protogate.pipeline")
 
@@ -84,6 +88,42 @@ async def run_request_phase(phase: str, chains: Sequence[PluginChain], ctx: Requ
             if reply is not None:
                 return reply
     return None
+
+
+class ChainSource(Protocol):
+    """What the request phases need of a compiled route: its chain, and its chain for a consumer."""
+
+    chain: PluginChain
+
+    def chain_for(
+        self, consumer: Consumer | None, consumer_plugins: Mapping[str, Mapping[str, PluginSpec]]
+    ) -> PluginChain: ...
+
+
+async def run_request_phases(
+    global_chain: PluginChain,
+    route: ChainSource,
+    consumer_plugins: Mapping[str, Mapping[str, PluginSpec]],
+    ctx: RequestContext,
+) -> Reply | None:
+    """rewrite, access and before_proxy, for the HTTP edge and the native gRPC listener alike.
+
+    Once authentication found the consumer, its name is asserted upstream and its own plugins join
+    the route's; ctx.chains ends as the chains that ran, for the response and log phases.
+    """
+    ctx.chains = (global_chain, route.chain)
+    reply = await run_request_phase("rewrite", ctx.chains, ctx)
+    if reply is None and ctx.consumer is not None:
+        ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)
+        chain = route.chain_for(ctx.consumer, consumer_plugins)
+        if chain is not route.chain:
+            ctx.chains = (global_chain, chain)
+            reply = await run_late_rewrite(chain, ctx)
+    if reply is None:
+        reply = await run_request_phase("access", ctx.chains, ctx)
+    if reply is None:
+        reply = await run_request_phase("before_proxy", ctx.chains, ctx)
+    return reply
 
 
 async def run_late_rewrite(chain: PluginChain, ctx: RequestContext) -> Reply | None:
