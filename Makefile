@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 GENERATED := examples/quickstart/generated/bookstore.binpb
 
-.PHONY: install build run test lint format bench clean
+NODE_RUNNER := examples/plugins/node
+
+.PHONY: install build run test lint format bench clean node-runner proto
 
 install: $(STAMP)
 
@@ -22,10 +24,19 @@ $(GENERATED): $(STAMP) $(wildcard protos/examples/bookstore/v1/*.proto) examples
 
 build: $(GENERATED)
 
+# The Node.js example runner's packages, exactly as package-lock.json pins them.
+$(NODE_RUNNER)/node_modules/.package-lock.json: $(NODE_RUNNER)/package-lock.json
+	npm ci --prefix $(NODE_RUNNER) --no-audit --no-fund
+
+node-runner: $(NODE_RUNNER)/node_modules/.package-lock.json
+
+proto: $(STAMP)
+	$(BIN)/python -m plugin_runner.codegen
+
 run: build
 	$(BIN)/python examples/quickstart/run.py
 
-test: build
+test: build node-runner
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -40,4 +51,4 @@ bench: build
 	$(BIN)/python bench/transcode.py
 
 clean:
-	rm -rf $(VENV) examples/quickstart/generated build *.egg-info
+	rm -rf $(VENV) examples/quickstart/generated build *.egg-info $(NODE_RUNNER)/node_modules

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules for protogate.plugin.v1 (see plugin_runner/codegen.py)."""
