@@ -14,11 +14,12 @@ from gateway.context import RequestContext
 from gateway.edge import edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.grpc_web import as_grpc_web
-from gateway.keys import LOADED_CONFIG, RUNTIME
+from gateway.keys import LOADED_CONFIG, RUNTIME, TELEMETRY
 from gateway.paths import normalize_path, split_target
 from gateway.pipeline import run_log_phase, run_request_phases, run_response_phases
 from gateway.responses import ProxyResponse
 from gateway.runtime import CompiledRoute, Runtime
+from gateway.telemetry import phase_span, telemetry_ctx
 from gateway.writer import send_response
 from transcoder.status import code_from_http_status
 
@@ -55,16 +56,21 @@ SERVER_HEADER = f"protogate/{__version__}"
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    telemetry = request.app[TELEMETRY]
     ctx: RequestContext | None = None
     try:
         route, ctx = _route_request(runtime, request)
+        telemetry.begin(ctx, (runtime.global_chain, route.chain))
         response = await _proxy(runtime, route, ctx)
     except Exception as exc:
         response = ProxyResponse.from_error(to_gateway_error(exc))
     if ctx is not None:
         try:
-            await run_response_phases(ctx.chains, ctx, response)
+            with phase_span(ctx, "response plugins"):
+                await run_response_phases(ctx.chains, ctx, response)
         except Exception as exc:  # a response phase that fails still owes the client an answer
+            if response.close is not None:  # release the upstream (a streamed call may have no deadline)
+                await response.close()
             response = ProxyResponse.from_error(to_gateway_error(exc))
         ctx.response = response
     # A gRPC-Web client reads refusals (a plugin's, the router's) as gRPC statuses, not JSON.
@@ -74,6 +80,7 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
         return await send_response(request, response)
     finally:
         # After the client has the answer (or went away): every request is logged, stopped ones too.
+        telemetry.finish(request, ctx, response)
         if ctx is not None:
             await run_log_phase(ctx.chains, ctx, response)
 
@@ -123,6 +130,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     )
     app = web.Application(middlewares=[error_middleware, edge_middleware], client_max_size=largest_body + 1)
     app[LOADED_CONFIG] = loaded
+    app.cleanup_ctx.append(telemetry_ctx)  # before the runtime: started first, closed last
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_route("*", "/{tail:.*}", handle_request)
     return app

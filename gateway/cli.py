@@ -19,6 +19,7 @@ from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.edge import EdgeRunner
 from gateway.grpc_proxy import GrpcProxyServer
 from gateway.keys import RUNTIME
+from gateway.telemetry import start_metrics_endpoint
 
 log = logging.getLogger("protogate")
 
@@ -169,6 +170,12 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
             await web_runner.cleanup()
             print(f"protogate: {exc}", file=sys.stderr)
             return 1
+    try:
+        metrics_runner = await start_metrics_endpoint(app)  # its own port; None when metrics are off
+    except OSError as exc:
+        await web_runner.cleanup()
+        print(f"protogate: cannot serve metrics: {exc}", file=sys.stderr)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a SIGTERM right after it is graceful
@@ -179,6 +186,8 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
     print(f"protogate {__version__} listening on http://{bound}", flush=True)
     await stop.wait()
     log.info("shutting down")
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     if grpc_server is not None:
         await grpc_server.stop(10.0)
     await web_runner.cleanup()

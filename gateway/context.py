@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 from gateway.body import read_body
 
 if TYPE_CHECKING:
+    from gateway.config.models import Upstream
     from gateway.consumers import Consumer, ConsumerIndex
     from gateway.pipeline import PluginChain
     from gateway.responses import ProxyResponse
@@ -42,6 +43,8 @@ class RequestContext:
     vars: dict[str, Any] = field(default_factory=dict)
     upstream_metadata: list[tuple[str, str]] = field(default_factory=list)
     response: ProxyResponse | None = None
+    # Set by traffic-split: the upstream (its id, or an inline one) the target calls instead of the route's.
+    upstream_override: Upstream | str | None = None
     # Global rules' chain, then the route's (merged with the consumer's once one is known).
     chains: tuple[PluginChain, ...] = ()
     _body: bytes | None = None

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from gateway.config.loader import LoadedConfig
 from gateway.runtime import Runtime
+from gateway.telemetry.hub import Telemetry
 
 LOADED_CONFIG = web.AppKey("loaded_config", LoadedConfig)
 RUNTIME = web.AppKey("runtime", Runtime)
+TELEMETRY = web.AppKey("telemetry", Telemetry)

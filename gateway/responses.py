@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import GatewayError, error_body, error_headers
@@ -52,6 +53,8 @@ class ProxyResponse:
     close: Callable[[], Awaitable[None]] | None = None
     # Who made the answer: "upstream", "plugin" or "gateway" (errors); plugins and the log read it.
     source: str = "upstream"
+    # Set when the target already answered on an upgraded connection (WebSocket): nothing to write.
+    sent: web.StreamResponse | None = None
 
     async def read_body(self) -> bytes:
         """Buffer a streamed body (for plugins that must see all of it) and return it."""

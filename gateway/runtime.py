@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.config.loader import LoadedConfig
-from gateway.config.models import Upstream
+from gateway.config.models import Route, Timeout, Upstream
 from gateway.consumers import Consumer
 from gateway.context import RequestContext
+from gateway.errors import GatewayError
 from gateway.grpc_web import GrpcWebSwitch, GrpcWebTarget
+from gateway.openapi_endpoint import openapi_json, openapi_location
 from gateway.pipeline import PluginChain
 from gateway.plugins.base import Plugin, PluginSpec
 from gateway.plugins.grpc_transcode import GrpcTranscodeConfig
@@ -57,11 +61,21 @@ class CompiledRoute:
 
 
 class HttpProxyTarget:
-    def __init__(self, upstream: HttpUpstream) -> None:
+    def __init__(
+        self,
+        upstream: HttpUpstream,
+        timeout: Timeout | None = None,
+        override: Callable[[Upstream | str], HttpUpstream] | None = None,
+    ) -> None:
         self.upstream = upstream
+        self.timeout = timeout  # the route's, over the upstream's
+        self.override = override  # the client of the upstream traffic-split chose
 
     async def handle(self, ctx: RequestContext) -> ProxyResponse:
-        return await self.upstream.proxy(ctx)
+        upstream = self.upstream
+        if ctx.upstream_override is not None and self.override is not None:
+            upstream = self.override(ctx.upstream_override)
+        return await upstream.proxy(ctx, self.timeout)
 
 
 class Runtime:
@@ -75,6 +89,7 @@ class Runtime:
         self.global_chain = PluginChain.build(loaded.global_plugins.values())
         self._grpc: dict[int, GrpcUpstream] = {}
         self._http: dict[int, HttpUpstream] = {}
+        self._route_timeouts = {r.id: r.timeout for r in loaded.config.routes if r.timeout is not None}
         specs: list[RouteSpec[CompiledRoute]] = []
         for route in loaded.config.routes:
             if not route.enable:
@@ -84,23 +99,27 @@ class Runtime:
             compiled = CompiledRoute(
                 route_id=route.id,
                 service_id=route.service_id,
-                target=self._target(route.id, loaded.upstream_of(route)),
+                target=self._target(route, loaded.upstream_of(route)),
                 chain=PluginChain.build(plugins.values()),
                 body_limit=body_limit,
             )
             specs.append(RouteSpec(route.all_uris, route.methods, route.all_hosts, route.priority, compiled))
         self.table: RouteTable[CompiledRoute] = RouteTable.compile(specs)
 
-    def _target(self, route_id: str, upstream: Upstream) -> RouteTarget:
+    def _target(self, route: Route, upstream: Upstream) -> RouteTarget:
+        route_id = route.id
         transcode = self.loaded.plugin_config(route_id, "grpc-transcode")
         if isinstance(transcode, GrpcTranscodeConfig):
             index = self.loaded.protos[transcode.proto_id]
             client = self._grpc_upstream(upstream)
+            openapi = None
+            if transcode.openapi and (location := openapi_location(route)) is not None:
+                openapi = (location, openapi_json(self.loaded, route))  # built once, served as is
             # JSON is transcoded; gRPC-Web requests on the same route pass through as they are.
-            return GrpcWebSwitch(GrpcWebTarget(client), TranscodeTarget(transcode, index, client))
+            return GrpcWebSwitch(GrpcWebTarget(client), TranscodeTarget(transcode, index, client, openapi=openapi))
         if upstream.scheme == "grpc":
             return GrpcWebTarget(self._grpc_upstream(upstream))
-        return HttpProxyTarget(self._http_upstream(upstream))
+        return HttpProxyTarget(self._http_upstream(upstream), self._route_timeouts.get(route_id), self.http_client_for)
 
     # Upstreams shared by several routes (upstream_id) share one set of channels or one pool.
     def _grpc_upstream(self, upstream: Upstream) -> GrpcUpstream:
@@ -114,6 +133,27 @@ class Runtime:
         if client is None:
             client = self._http[id(upstream)] = HttpUpstream(upstream)
         return client
+
+    # traffic-split names an upstream by id or carries one inline; either gets a client on first use.
+    def upstream_by_ref(self, ref: Upstream | str) -> Upstream:
+        if isinstance(ref, str):
+            found = next((u for u in self.loaded.config.upstreams if u.id == ref), None)
+            if found is None:
+                logging.getLogger("protogate.runtime").error("traffic-split names upstream %r: not configured", ref)
+                raise GatewayError.internal()
+            return found
+        return ref
+
+    def http_client_for(self, ref: Upstream | str) -> HttpUpstream:
+        return self._http_upstream(self.upstream_by_ref(ref))
+
+    def grpc_client_for(self, ref: Upstream | str) -> GrpcUpstream:
+        return self._grpc_upstream(self.upstream_by_ref(ref))
+
+    def upstream_health(self) -> dict[str, list[dict[str, object]]]:
+        """Each live upstream's nodes with their health and load, by id (or name, for inline ones)."""
+        clients: list[GrpcUpstream | HttpUpstream] = [*self._grpc.values(), *self._http.values()]
+        return {c.upstream.id or c.upstream.name or f"inline-{i}": c.node_set.snapshot() for i, c in enumerate(clients)}
 
     async def close(self) -> None:
         for grpc_client in self._grpc.values():

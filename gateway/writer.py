@@ -16,6 +16,8 @@ def wants_trailers(request: web.Request) -> bool:
 
 
 async def send_response(request: web.Request, response: ProxyResponse) -> web.StreamResponse:
+    if response.sent is not None:  # answered on an upgraded connection (a WebSocket session)
+        return response.sent
     trailers = response.trailers
     use_trailers = bool(trailers) and wants_trailers(request) and response.stream is None
     if response.stream is None and not use_trailers:

@@ -23,7 +23,19 @@ from transcoder.descriptors import MethodInfo
 from transcoder.errors import TranscodeError
 from transcoder.status import Code
 
-__all__ = ["JsonOptions", "render_message", "render_response", "render_status_details"]
+__all__ = [
+    "HTTP_BODY",
+    "JsonOptions",
+    "fill_http_body",
+    "http_body_field",
+    "render_http_body",
+    "render_message",
+    "render_response",
+    "render_status_details",
+    "returns_http_body",
+]
+
+HTTP_BODY = "google.api.HttpBody"
 
 
 @dataclass(frozen=True)
@@ -407,3 +419,44 @@ def render_status_details(
         except _RenderError:
             details.append({"@type": detail.type_url, "value": base64.b64encode(detail.value).decode("ascii")})
     return status.code, status.message, details
+
+
+# -- google.api.HttpBody: raw bytes with their content type, in either direction -----------------------------------
+
+
+def returns_http_body(method: MethodInfo, response_body: str = "") -> bool:
+    """Whether the answer (or its `response_body` field) is a google.api.HttpBody, sent as raw bytes."""
+    descriptor: Descriptor | None = method.output_descriptor
+    if response_body:
+        field = method.output_descriptor.fields_by_name.get(response_body)
+        descriptor = field.message_type if field is not None and not field.is_repeated else None
+    return descriptor is not None and descriptor.full_name == HTTP_BODY
+
+
+def render_http_body(method: MethodInfo, data: bytes, response_body: str = "") -> tuple[str, bytes]:
+    """(content_type, data) of an upstream answer that is (or holds at `response_body`) a google.api.HttpBody."""
+    try:
+        message = method.output_class.FromString(data)
+    except (DecodeError, RuntimeWarning) as exc:
+        name = method.output_descriptor.full_name
+        raise TranscodeError(Code.INTERNAL, f"upstream response is not a valid {name}: {exc}") from None
+    body: Any = getattr(message, response_body) if response_body else message
+    return body.content_type, body.data
+
+
+def http_body_field(binding_body: str, input_descriptor: Descriptor) -> str | None:
+    """ "" when the whole request is an HttpBody (body "*"), the field's name when `body:` names an HttpBody
+    field, else None: then the request body is JSON."""
+    if binding_body == "*":
+        return "" if input_descriptor.full_name == HTTP_BODY else None
+    field = input_descriptor.fields_by_name.get(binding_body) if binding_body else None
+    if field is None or field.is_repeated or field.message_type is None:
+        return None
+    return binding_body if field.message_type.full_name == HTTP_BODY else None
+
+
+def fill_http_body(message: Message, field_name: str, content_type: str, data: bytes) -> None:
+    """Put the raw request body and its Content-Type into the request's HttpBody (the message itself for "")."""
+    target: Any = getattr(message, field_name) if field_name else message
+    target.content_type = content_type
+    target.data = data

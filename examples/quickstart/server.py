@@ -11,20 +11,24 @@ import argparse
 import asyncio
 import base64
 import binascii
+import csv
 import importlib.util
+import io
 import logging
 import re
 import signal
+import struct
 import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import duration_pb2, empty_pb2, message, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
@@ -59,6 +63,9 @@ TRAILER_KEY = "x-bookstore-trailer"
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 MAX_SLEEP_SECONDS = 60.0
+MAX_STREAM_INTERVAL_MS = 60_000
+MAX_SYNTHETIC_BOOKS = 10_000_000
+MAX_COVER_BYTES = 4 * 1024 * 1024
 MUTABLE_BOOK_FIELDS = ("author", "title", "genre", "tags", "pages")
 OUTPUT_ONLY_BOOK_FIELDS = ("id", "create_time", "shelf", "publish_time", "publisher")
 BOOK_NAME = re.compile(r"shelves/(?P<shelf>[1-9][0-9]{0,17}|-)/books/(?P<book>[1-9][0-9]{0,17})")
@@ -155,6 +162,7 @@ class Store:
     def __init__(self) -> None:
         self.shelves: dict[int, pb.Shelf] = {}
         self.books: dict[int, pb.Book] = {}
+        self.covers: dict[int, httpbody_pb2.HttpBody] = {}  # by book id
         self._next_shelf = 1
         self._next_book = 1
 
@@ -200,6 +208,7 @@ class Store:
             raise BookstoreError(grpc.StatusCode.FAILED_PRECONDITION, f"shelf {shelf.id} is not empty", failure)
         for book_id in book_ids:
             del self.books[book_id]
+            self.covers.pop(book_id, None)
         del self.shelves[shelf.id]
 
     def add_book(self, shelf_id: int, book: pb.Book, create_time: timestamp_pb2.Timestamp | None = None) -> pb.Book:
@@ -289,13 +298,42 @@ def _seed(store: Store) -> None:
     whitman.publish_time.CopyFrom(_timestamp(datetime(1855, 7, 4, tzinfo=UTC)))
 
 
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid PNG of one flat colour: the default cover, so the example needs no image files."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width  # filter type 0, then the pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _csv_row(*values: object) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(values)
+    return out.getvalue().encode()
+
+
+def _stream_aborted(sent: int) -> BookstoreError:
+    info = error_details_pb2.ErrorInfo(reason="STREAM_ABORTED", domain=DOMAIN, metadata={"sent": str(sent)})
+    return BookstoreError(grpc.StatusCode.ABORTED, f"stream aborted after {sent} book(s) (fail_after)", info)
+
+
 class BookstoreService(pb_grpc.BookstoreServicer):
     """The Bookstore gRPC service over a Store."""
 
-    def __init__(self, store: Store, name: str, calls: Counter[str]) -> None:
+    def __init__(self, store: Store, name: str, calls: Counter[str], cancelled: Counter[str] | None = None) -> None:
         self.store = store
         self.name = name
         self.calls = calls
+        self.cancelled = cancelled if cancelled is not None else Counter()
+        self.streamed_books = 0
 
     async def ListShelves(self, request: pb.ListShelvesRequest, context: Any) -> pb.ListShelvesResponse:
         shelves = list(self.store.shelves.values())
@@ -355,6 +393,7 @@ class BookstoreService(pb_grpc.BookstoreServicer):
     async def DeleteBook(self, request: pb.DeleteBookRequest, context: Any) -> empty_pb2.Empty:
         book = self.store.book(_positive("shelf", request.shelf, "shelf"), request.book)
         del self.store.books[book.id]
+        self.store.covers.pop(book.id, None)
         return empty_pb2.Empty()
 
     async def PublishBook(self, request: pb.PublishBookRequest, context: Any) -> pb.Book:
@@ -411,6 +450,97 @@ class BookstoreService(pb_grpc.BookstoreServicer):
         context.set_trailing_metadata(((TRAILER_KEY, "done"),))
         return response
 
+    async def StreamBooks(self, request: pb.StreamBooksRequest, context: Any) -> AsyncIterator[pb.Book]:
+        shelf = self.store.shelf(request.shelf)
+        for field in ("limit", "count", "fail_after"):
+            if getattr(request, field) < 0:
+                raise BookstoreError.invalid((field, "must not be negative"))
+        if not 0 <= request.interval_ms <= MAX_STREAM_INTERVAL_MS:
+            raise BookstoreError.invalid(("interval_ms", f"must be between 0 and {MAX_STREAM_INTERVAL_MS}"))
+        if request.count > MAX_SYNTHETIC_BOOKS:
+            raise BookstoreError.invalid(("count", f"must be at most {MAX_SYNTHETIC_BOOKS}"))
+        if request.count:
+            books: Iterable[pb.Book] = (
+                pb.Book(id=i, title=f"Synthetic book {i}", author="Bookstore", shelf=shelf.id)
+                for i in range(1, request.count + 1)
+            )
+            total = request.count
+        else:
+            snapshot = [book for book in self.store.books.values() if book.shelf == shelf.id]
+            books, total = snapshot, len(snapshot)
+        limit = min(request.limit or total, total)
+        interval = request.interval_ms / 1000
+        sent = 0
+        for book in books:
+            if sent == limit:
+                break
+            if sent == request.fail_after and sent:
+                raise _stream_aborted(sent)
+            if sent and interval:
+                await asyncio.sleep(interval)
+            yield book
+            sent += 1
+            self.streamed_books += 1
+        if sent == request.fail_after and sent:
+            raise _stream_aborted(sent)
+
+    async def ExportBooks(self, request: pb.ExportBooksRequest, context: Any) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        shelf = self.store.shelf(request.shelf)
+        yield httpbody_pb2.HttpBody(
+            content_type="text/csv; charset=utf-8", data=_csv_row("id", "title", "author", "pages")
+        )
+        for book in [book for book in self.store.books.values() if book.shelf == shelf.id]:
+            yield httpbody_pb2.HttpBody(data=_csv_row(book.id, book.title, book.author, book.pages))
+
+    async def ImportBooks(
+        self, request_iterator: AsyncIterable[pb.CreateBookRequest], context: Any
+    ) -> pb.ImportBooksResponse:
+        response = pb.ImportBooksResponse()
+        async for request in request_iterator:
+            try:
+                book = self.store.add_book(request.shelf, request.book)
+            except BookstoreError as exc:
+                exc.message = f"book #{response.imported_count + 1}: {exc.message}"
+                raise
+            response.book_ids.append(book.id)
+            response.imported_count += 1
+        return response
+
+    async def Chat(
+        self, request_iterator: AsyncIterable[pb.ChatMessage], context: Any
+    ) -> AsyncIterator[pb.ChatMessage]:
+        sequence = 0
+        async for request in request_iterator:
+            text = request.text.strip()
+            if text == "/fail":
+                raise BookstoreError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"chat ended by /fail after {sequence} answer(s)"
+                )
+            if text == "/count":
+                answer = f"the store holds {len(self.store.books)} book(s)"
+            else:
+                answer = f"{request.user or 'anonymous'} said: {request.text}"
+            sequence += 1
+            yield pb.ChatMessage(user=self.name, text=answer, sequence=sequence, send_time=_now())
+
+    async def GetBookCover(self, request: pb.GetBookCoverRequest, context: Any) -> httpbody_pb2.HttpBody:
+        book = self.store.book(_positive("shelf", request.shelf, "shelf"), request.book)
+        cover = self.store.covers.get(book.id)
+        if cover is not None:
+            return cover
+        colour = zlib.crc32(book.title.encode()).to_bytes(4, "big")
+        return httpbody_pb2.HttpBody(content_type="image/png", data=_png(16, 24, (colour[0], colour[1], colour[2])))
+
+    async def UploadCover(self, request: pb.UploadCoverRequest, context: Any) -> pb.BookCover:
+        book = self.store.book(_positive("shelf", request.shelf, "shelf"), request.book)
+        content_type = request.body.content_type.split(";", 1)[0].strip().lower()
+        if not content_type.startswith("image/"):
+            raise BookstoreError.invalid(("body.content_type", f"must be an image type, not {content_type!r}"))
+        if not request.body.data or len(request.body.data) > MAX_COVER_BYTES:
+            raise BookstoreError.invalid(("body.data", f"must hold 1 to {MAX_COVER_BYTES} bytes"))
+        self.store.covers[book.id] = httpbody_pb2.HttpBody(content_type=content_type, data=request.body.data)
+        return pb.BookCover(book=book.id, content_type=content_type, size_bytes=len(request.body.data))
+
     async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.Stats:
         return pb.Stats(
             shelf_count=len(self.store.shelves),
@@ -418,6 +548,8 @@ class BookstoreService(pb_grpc.BookstoreServicer):
             request_count=sum(self.calls.values()),
             method_calls=dict(self.calls),
             served_by=self.name,
+            cancelled_calls=dict(self.cancelled),
+            streamed_books=self.streamed_books,
         )
 
 
@@ -425,11 +557,13 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class ServedByInterceptor(grpc.aio.ServerInterceptor):
-    """Counts calls, sends x-bookstore-served-by on every call, and turns BookstoreError into a status."""
+    """Counts calls (and the ones the client cancelled), sends x-bookstore-served-by on every call,
+    and turns BookstoreError into a status, for every kind of method."""
 
-    def __init__(self, name: str, calls: Counter[str]) -> None:
+    def __init__(self, name: str, calls: Counter[str], cancelled: Counter[str] | None = None) -> None:
         self.name = name
         self.calls = calls
+        self.cancelled = cancelled if cancelled is not None else Counter()
 
     async def intercept_service(
         self,
@@ -437,32 +571,65 @@ class ServedByInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method.rpartition("/")[2]
-        inner: Behavior = handler.unary_unary
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
 
-        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def start(context: grpc.aio.ServicerContext) -> None:
             self.calls[method] += 1
             await context.send_initial_metadata(((SERVED_BY_KEY, self.name),))
-            try:
-                return await inner(request, context)
-            except BookstoreError as exc:
-                await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        async def abort(context: grpc.aio.ServicerContext, exc: BookstoreError) -> None:
+            await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
+
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            unary_inner: Behavior = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await start(context)
+                try:
+                    return await unary_inner(request, context)
+                except BookstoreError as exc:
+                    await abort(context, exc)
+                except asyncio.CancelledError:  # the client cancelled (or went away)
+                    self.cancelled[method] += 1
+                    raise
+
+            if handler.unary_unary is not None:
+                return grpc.unary_unary_rpc_method_handler(unary, **serializers)
+            return grpc.stream_unary_rpc_method_handler(unary, **serializers)
+
+        stream_inner: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]] = (
+            handler.unary_stream or handler.stream_stream
         )
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await start(context)
+            try:
+                async for reply in stream_inner(request, context):
+                    yield reply
+            except BookstoreError as exc:
+                await abort(context, exc)
+            except (asyncio.CancelledError, GeneratorExit):  # the client cancelled: the stream was dropped unfinished
+                self.cancelled[method] += 1
+                raise
+
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(stream, **serializers)
+        return grpc.stream_stream_rpc_method_handler(stream, **serializers)
 
 
 async def serve(host: str, port: int, name: str, grace: float) -> int:
     calls: Counter[str] = Counter()
+    cancelled: Counter[str] = Counter()
     store = Store()
     _seed(store)
-    server = grpc.aio.server(interceptors=[ServedByInterceptor(name, calls)])
-    pb_grpc.add_BookstoreServicer_to_server(BookstoreService(store, name, calls), server)
+    server = grpc.aio.server(interceptors=[ServedByInterceptor(name, calls, cancelled)])
+    pb_grpc.add_BookstoreServicer_to_server(BookstoreService(store, name, calls, cancelled), server)
     address = f"[{host}]" if ":" in host else host
     try:
         bound = server.add_insecure_port(f"{address}:{port}")

@@ -90,20 +90,128 @@ class Timeout(Model):
     read: float = Field(default=60.0, gt=0)
 
 
+# lua-resty-healthcheck's defaults, which APISIX's checks object documents.
+_HEALTHY_STATUSES = [200, 302]
+_UNHEALTHY_STATUSES = [429, 404, 500, 501, 502, 503, 504, 505]
+HttpStatus = Annotated[int, Field(ge=200, le=599)]
+
+
+class ActiveHealthy(Model):
+    interval: float = Field(default=1.0, gt=0)  # seconds between probes of a healthy node
+    http_statuses: list[HttpStatus] = Field(default_factory=lambda: list(_HEALTHY_STATUSES), min_length=1)
+    successes: int = Field(default=2, ge=1, le=254)
+
+
+class ActiveUnhealthy(Model):
+    interval: float = Field(default=1.0, gt=0)  # seconds between probes of an unhealthy node
+    http_statuses: list[HttpStatus] = Field(default_factory=lambda: list(_UNHEALTHY_STATUSES), min_length=1)
+    http_failures: int = Field(default=5, ge=1, le=254)
+    tcp_failures: int = Field(default=2, ge=1, le=254)
+    timeouts: int = Field(default=3, ge=1, le=254)
+
+
+class ActiveCheck(Model):
+    """Probes sent to every node on a timer: an HTTP(S) GET, a TCP connect, or grpc.health.v1 Check."""
+
+    type: Literal["http", "https", "tcp", "grpc"] = "http"
+    timeout: float = Field(default=1.0, gt=0)
+    http_path: str = Field(default="/", pattern=r"^/")
+    host: str | None = None  # Host header of HTTP probes (default: the node's address)
+    port: int | None = Field(default=None, ge=1, le=65535)  # probe this port instead of the node's
+    https_verify_certificate: bool = True
+    req_headers: list[str] = Field(default_factory=list)  # "Name: value" lines, as APISIX
+    grpc_service: str = ""  # the service name asked about; "" is the server as a whole
+    healthy: ActiveHealthy = ActiveHealthy()
+    unhealthy: ActiveUnhealthy = ActiveUnhealthy()
+
+
+class PassiveHealthy(Model):
+    http_statuses: list[HttpStatus] = Field(default_factory=lambda: [*range(200, 300), *range(300, 309)], min_length=1)
+    successes: int = Field(default=5, ge=0, le=254)
+
+
+class PassiveUnhealthy(Model):
+    http_statuses: list[HttpStatus] = Field(default_factory=lambda: [429, 500, 503], min_length=1)
+    http_failures: int = Field(default=5, ge=0, le=254)
+    tcp_failures: int = Field(default=2, ge=0, le=254)
+    timeouts: int = Field(default=7, ge=0, le=254)
+
+
+class PassiveCheck(Model):
+    """Real answers counted per node; they mark nodes unhealthy, active probes bring them back."""
+
+    type: Literal["http", "https", "tcp"] = "http"
+    healthy: PassiveHealthy = PassiveHealthy()
+    unhealthy: PassiveUnhealthy = PassiveUnhealthy()
+
+
+class HealthChecks(Model):
+    active: ActiveCheck | None = None
+    passive: PassiveCheck | None = None
+
+    @model_validator(mode="after")
+    def _active_with_passive(self) -> HealthChecks:
+        if self.passive is not None and self.active is None:
+            # As APISIX: only an active probe can bring back a node that passive checks took out.
+            raise ValueError("passive checks need active checks too (they bring nodes back)")
+        if self.active is None:
+            raise ValueError("give active checks (and optionally passive ones)")
+        return self
+
+
+class KeepalivePool(Model):
+    """HTTP connections kept open to an upstream (APISIX's keepalive_pool)."""
+
+    size: int = Field(default=320, ge=1)
+    idle_timeout: float = Field(default=60.0, ge=0)  # seconds an idle connection is kept
+    requests: int = Field(default=1000, ge=1)  # accepted for APISIX compatibility; aiohttp has no such limit
+
+
+HashOn = Literal["vars", "header", "cookie", "consumer", "vars_combinations"]
+
+
 class Upstream(Model):
     id: str = Field(default="", pattern=r"^$|" + _ID)
     name: str | None = None
     scheme: Literal["http", "grpc"] = "http"
-    type: Literal["roundrobin"] = "roundrobin"
+    type: Literal["roundrobin", "chash", "least_conn", "ewma"] = "roundrobin"
+    # chash: what the key is read from; `key` is a variable name (vars), a header or cookie name,
+    # or a `$var` template (vars_combinations); ignored for hash_on consumer.
+    hash_on: HashOn = "vars"
+    key: str = "remote_addr"
     nodes: Annotated[list[Node], BeforeValidator(_parse_nodes), Field(min_length=1)]
     timeout: Timeout = Timeout()
     pass_host: Literal["pass", "node"] = "pass"
+    checks: HealthChecks | None = None
+    # Further nodes tried after a failed attempt; None: one fewer than the nodes (APISIX's default).
+    retries: int | None = Field(default=None, ge=0)
+    retry_timeout: float = Field(default=0.0, ge=0)  # seconds for all tries together; 0: no limit
+    # A non-idempotent request (POST, PATCH) or a body already streamed out is only retried when set.
+    retry_non_idempotent: bool = False
+    keepalive_pool: KeepalivePool = KeepalivePool()
 
     @model_validator(mode="after")
     def _some_weight(self) -> Upstream:
         if not any(node.weight > 0 for node in self.nodes):
             raise ValueError("at least one node needs a weight above 0")
+        if self.type == "chash" and self.hash_on != "consumer":
+            _check_hash_key(self.hash_on, self.key)
+        active = self.checks.active if self.checks is not None else None
+        if active is not None and active.type == "grpc" and self.scheme != "grpc":
+            raise ValueError("grpc health checks need an upstream with scheme grpc")
         return self
+
+
+def _check_hash_key(hash_on: str, key: str) -> None:
+    # Imported here: the plugins package imports this module.
+    from gateway.plugins.variables import check_template, is_known_var
+
+    if not key:
+        raise ValueError("chash needs a key")
+    if hash_on == "vars" and not is_known_var(key):
+        raise ValueError(f"chash key {key!r} is not a known variable")
+    if hash_on == "vars_combinations":
+        check_template(key)
 
 
 class Route(Model):
@@ -121,6 +229,7 @@ class Route(Model):
     plugin_config_id: str | None = None
     plugins: PluginMap = Field(default_factory=dict)
     max_body_size: ByteSize | None = None  # None: the gateway's client_max_body_size
+    timeout: Timeout | None = None  # None: the upstream's
     enable: bool = True
 
     @field_validator("methods", mode="before")
@@ -259,6 +368,95 @@ class Proto(Model):
         return self
 
 
+class OtlpBatch(Model):
+    """BatchSpanProcessor settings; unset fields fall back to OTEL_BSP_* and then the SDK's defaults."""
+
+    max_queue_size: int | None = Field(default=None, ge=1)
+    max_export_batch_size: int | None = Field(default=None, ge=1)
+    schedule_delay: float | None = Field(default=None, gt=0)  # seconds between exports
+    export_timeout: float | None = Field(default=None, gt=0)  # seconds per export, retries included
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> OtlpBatch:
+        if self.max_queue_size and self.max_export_batch_size and self.max_export_batch_size > self.max_queue_size:
+            raise ValueError("max_export_batch_size must not exceed max_queue_size")
+        return self
+
+
+class TracingSettings(Model):
+    """OTLP trace export. Unset fields fall back to the standard OTEL_* environment variables."""
+
+    # None: on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; routes with the opentelemetry plugin trace anyway.
+    enabled: bool | None = None
+    service_name: str | None = None
+    endpoint: str | None = None
+    protocol: Literal["grpc", "http/protobuf"] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    batch: OtlpBatch = OtlpBatch()
+
+
+class PrometheusSettings(Model):
+    """The metrics endpoint (APISIX's plugin_attr.prometheus): its own listener, never the gateway's."""
+
+    enabled: bool | None = None  # None: on when a prometheus plugin is configured anywhere
+    export_addr: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress(host="127.0.0.1", port=9091)
+    export_uri: str = Field(default="/protogate/prometheus/metrics", pattern=r"^/[!-~]*$")
+
+
+class AccessLogSettings(Model):
+    """One JSON line per request, written by a background task, never on the request path."""
+
+    enabled: bool = False
+    path: str | None = None  # None or "-": stdout
+    max_pending: int = Field(default=10_000, ge=1)  # lines queued beyond this are dropped and counted
+    flush_interval: float = Field(default=0.5, gt=0)  # seconds
+
+
+class TelemetrySettings(Model):
+    tracing: TracingSettings = TracingSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    access_log: AccessLogSettings = AccessLogSettings()
+
+
+class PluginRunner(Model):
+    """An external plugin runner: a process the gateway starts and supervises, or (dev) one started by hand."""
+
+    name: str = Field(pattern=_ID)
+    cmd: list[str] | None = Field(default=None, min_length=1)  # argv; optional in dev mode
+    # "unix:/path.sock" or "HOST:PORT"; None: a socket in a private (0700) directory the gateway creates
+    address: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)  # added to the gateway's environment
+    cwd: str | None = None  # working directory of cmd, relative to the config file; None: the gateway's
+    # A runner the developer started by hand on a fixed address: used as is, never spawned or restarted.
+    dev: bool = False
+    start_timeout: float = Field(default=10.0, gt=0)  # seconds to answer SERVING after a (re)start
+    conf_expiry: float = Field(default=0.0, ge=0)  # PROTOGATE_CONF_EXPIRY: idle tokens may be forgotten; 0: never
+    max_restart_delay: float = Field(default=10.0, gt=0)  # cap of the exponential restart backoff, seconds
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:").lstrip("/"):
+                raise ValueError("a unix address needs a socket path: unix:/path/runner.sock")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"address must be unix:/path.sock or HOST:PORT with a port above 0, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cmd_or_dev(self) -> PluginRunner:
+        if self.dev and self.address is None:
+            raise ValueError("a dev runner needs the address it was started on")
+        if not self.dev and self.cmd is None:
+            raise ValueError("give cmd (the runner's argv), or set dev: true for a runner started by hand")
+        return self
+
+
 class Config(Model):
     gateway: GatewaySettings = GatewaySettings()
     routes: list[Route] = Field(default_factory=list)
@@ -269,3 +467,5 @@ class Config(Model):
     plugin_configs: list[PluginConfigSet] = Field(default_factory=list)
     global_rules: list[GlobalRule] = Field(default_factory=list)
     protos: list[Proto] = Field(default_factory=list)
+    telemetry: TelemetrySettings = TelemetrySettings()
+    plugin_runners: list[PluginRunner] = Field(default_factory=list)

@@ -1,14 +1,20 @@
-"""gRPC upstreams: one long-lived grpc.aio channel per node, raw-bytes unary calls."""
+"""gRPC upstreams: one long-lived grpc.aio channel per node, raw-bytes calls of every kind."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from gateway import __version__
 from gateway.config.models import Upstream
-from gateway.upstream.balancer import WeightedRoundRobin
+from gateway.upstream.node_state import NodeSet
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from gateway.context import RequestContext
 
 _CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.primary_user_agent", f"protogate/{__version__}"),
@@ -18,6 +24,13 @@ _CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.enable_retries", 0),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # A node back after an outage takes traffic within a second, not after grpc's 120 s backoff ceiling.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    # A fixed per-stream window instead of a BDP-grown one (which reached ~5 MB per stream on loopback): a
+    # streamed answer that the client reads slowly holds at most about this much before the upstream waits.
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 256 * 1024),
 )
 
 
@@ -27,6 +40,8 @@ class GrpcNode:
     channel: grpc.aio.Channel
     # Multicallables are cheap but not free; keep one per method path for the channel's lifetime.
     calls: dict[str, grpc.aio.UnaryUnaryMultiCallable]
+    # The streaming kinds, by (kind, method path).
+    stream_calls: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def unary(self, grpc_path: str) -> grpc.aio.UnaryUnaryMultiCallable:
         call = self.calls.get(grpc_path)
@@ -34,6 +49,22 @@ class GrpcNode:
             # No serializers: bytes in, bytes out. Registered, as generated stubs are: cheaper per call.
             call = self.channel.unary_unary(grpc_path, _registered_method=True)
             self.calls[grpc_path] = call
+        return call
+
+    def unary_stream(self, grpc_path: str) -> grpc.aio.UnaryStreamMultiCallable:
+        return self._stream_call("unary_stream", grpc_path)
+
+    def stream_unary(self, grpc_path: str) -> grpc.aio.StreamUnaryMultiCallable:
+        return self._stream_call("stream_unary", grpc_path)
+
+    def stream_stream(self, grpc_path: str) -> grpc.aio.StreamStreamMultiCallable:
+        return self._stream_call("stream_stream", grpc_path)
+
+    def _stream_call(self, kind: str, grpc_path: str) -> Any:
+        call = self.stream_calls.get((kind, grpc_path))
+        if call is None:
+            call = getattr(self.channel, kind)(grpc_path, _registered_method=True)
+            self.stream_calls[(kind, grpc_path)] = call
         return call
 
 
@@ -50,17 +81,18 @@ class GrpcUpstream:
             )
             for node in upstream.nodes
         ]
-        weights = [(n, spec.weight) for n, spec in zip(self.nodes, upstream.nodes, strict=True)]
-        self._balancer = WeightedRoundRobin(weights)
+        # Balancing and health (shared with HTTP upstreams); node_set.states[i] is self.nodes[i].
+        self.node_set = NodeSet(upstream, channels=[node.channel for node in self.nodes])
 
     @property
     def read_timeout(self) -> float:
         return self.upstream.timeout.read
 
-    def pick(self) -> GrpcNode:
-        return self._balancer.pick()
+    def pick(self, ctx: RequestContext | None = None, tried: Collection[int] = ()) -> GrpcNode:
+        return self.nodes[self.node_set.pick(ctx, tried).index]
 
     async def close(self) -> None:
+        await self.node_set.close()
         for node in self.nodes:
             await node.channel.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -10,11 +11,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config.models import Node, Upstream
+from gateway.config.models import Node, Timeout, Upstream
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, to_gateway_error
 from gateway.responses import ProxyResponse
-from gateway.upstream.balancer import WeightedRoundRobin
+from gateway.telemetry import start_upstream_call, trace_headers
+from gateway.upstream.node_state import NodeSet
 
 log = logging.getLogger("protogate.upstream.http")
 
@@ -52,37 +54,87 @@ def _is_connect_failure(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
+# RFC 9110 9.2.2; an answer with one of RETRY_STATUSES may be retried only for these (or when configured).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+# Bodies up to this size with a known length are read before a request that may be retried.
+RETRY_BUFFER = 1024 * 1024
+
+
+def _small_body(request: web.Request) -> bool:
+    length = request.content_length
+    return request.body_exists and length is not None and length <= RETRY_BUFFER
+
+
+def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
+    # aiohttp has no send timeout: `send` is taken for APISIX compatibility and not enforced.
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
+
+
 class HttpUpstream:
     """The nodes of one HTTP upstream; must be built inside the running event loop."""
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
-        timeout = upstream.timeout
+        pool = upstream.keepalive_pool
+        self._timeout = _client_timeout(upstream.timeout)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read),
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=True,
+                keepalive_timeout=pool.idle_timeout if pool.idle_timeout > 0 else None,
+                force_close=pool.idle_timeout == 0,
+            ),
+            timeout=self._timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
-        self._balancer = WeightedRoundRobin([(node, node.weight) for node in upstream.nodes])
-        self._tries = len({(node.host, node.port) for node in upstream.nodes if node.weight > 0})
+        self.nodes = NodeSet(upstream)
 
     async def close(self) -> None:
+        await self.nodes.close()
         await self.session.close()
 
-    async def proxy(self, ctx: RequestContext) -> ProxyResponse:
+    async def proxy(self, ctx: RequestContext, timeout: Timeout | None = None) -> ProxyResponse:
+        """Calls a node and hands back its answer with the body still streaming.
+
+        A failed attempt goes to another node (up to `retries` more, within `retry_timeout`) when that
+        is safe: a connect failure always (nothing was sent); a dropped connection or a 502/503/504
+        only when the body is in memory and the method is idempotent (or `retry_non_idempotent`).
+        Such a request's body, when it has a length of at most RETRY_BUFFER, is read first to that end;
+        a larger or chunked one streams through and is not retried after it was sent.
+        The last attempt's answer or error is what the client gets.
+        """
         request = ctx.request
         length = request.content_length
         if not ctx.body_was_read and length is not None and length > ctx.body_limit:
             raise GatewayError.payload_too_large(ctx.body_limit)
-        tried: set[tuple[str, int]] = set()
+        nodes = self.nodes
+        upstream = self.upstream
+        client_timeout = self._timeout if timeout is None else _client_timeout(timeout)
+        repeatable = ctx.method in IDEMPOTENT_METHODS or upstream.retry_non_idempotent
+        if repeatable and nodes.retries and not ctx.body_was_read and _small_body(request):
+            await ctx.read_body()  # kept, so that another node can be sent it too (nginx buffers bodies)
+        replayable = ctx.body_was_read or not request.body_exists
+        may_repeat = replayable and repeatable
+        tried: list[int] = []
+        first_try = time.monotonic()
         while True:
-            node = self._pick(tried)
-            tried.add((node.host, node.port))
+            state = nodes.pick(ctx, tried)
+            tried.append(state.index)
+            node = state.node
+            retry_left = len(tried) <= nodes.retries and (
+                upstream.retry_timeout <= 0 or time.monotonic() - first_try < upstream.retry_timeout
+            )
             url = URL.build(
                 scheme="http", host=node.host, port=node.port, path=ctx.path, query_string=ctx.query, encoded=True
             )
+            started = nodes.acquire(state)
+            upstream_call = start_upstream_call(ctx, "http", str(url), state.address)
             try:
                 upstream_response = await self.session.request(
                     ctx.method,
@@ -91,31 +143,51 @@ class HttpUpstream:
                     data=await _request_body(ctx),
                     allow_redirects=False,
                     compress=None,
+                    timeout=client_timeout,
                 )
-                break
             except GatewayError:
+                nodes.release(state, started, ok=True)  # the client's body was refused, not the node
                 raise
             except Exception as exc:
-                # Retry only to another node, and only when the request never left (APISIX's retries).
-                if _is_connect_failure(exc) and len(tried) < self._tries:
-                    log.warning("upstream node %s:%s failed to connect (%s); trying another", node.host, node.port, exc)
+                upstream_call.failed(exc)
+                refusal = _own_refusal(exc)
+                if refusal is not None:  # raised by the body generator (413): the client's fault
+                    nodes.release(state, started, ok=True)
+                    raise refusal from exc
+                nodes.release(state, started, ok=False)
+                timed_out = isinstance(exc, TimeoutError)
+                nodes.report_failure(state, "timeout" if timed_out else "tcp")
+                # Retry only to another node, and only when that cannot repeat the request's effect.
+                safe = _is_connect_failure(exc) or (
+                    may_repeat and isinstance(exc, aiohttp.ClientConnectionError) and not timed_out
+                )
+                if safe and retry_left:
+                    log.warning("upstream node %s failed (%s); trying another", state.address, exc)
                     continue
                 raise _upstream_error(exc) from exc
+            status = upstream_response.status
+            upstream_call.http_status(status)
+            nodes.report_status(state, status)
+            if status in RETRY_STATUSES and may_repeat and retry_left:
+                upstream_response.release()
+                nodes.release(state, started, ok=False)
+                log.warning("upstream node %s answered %d; trying another", state.address, status)
+                continue
+            break
         headers = CIMultiDict(upstream_response.headers)
         strip_hop_by_hop(headers)
+        released = False
 
         async def release() -> None:
+            nonlocal released
             upstream_response.release()
+            if not released:
+                released = True
+                nodes.release(state, started, ok=status < 500)
 
         return ProxyResponse(
             upstream_response.status, headers, stream=upstream_response.content.iter_chunked(_CHUNK), close=release
         )
-
-    def _pick(self, tried: set[tuple[str, int]]) -> Node:
-        node = self._balancer.pick()
-        if (node.host, node.port) not in tried:
-            return node
-        return next(n for n in self.upstream.nodes if n.weight > 0 and (n.host, n.port) not in tried)
 
     def _upstream_headers(self, ctx: RequestContext, node: Node) -> CIMultiDict[str]:
         # ctx.headers is what the client sent (names with "_" already dropped at the edge), as the
@@ -134,6 +206,7 @@ class HttpUpstream:
         headers["X-Real-IP"] = ctx.client_ip
         if self.upstream.pass_host == "node":
             headers["Host"] = node_host(node)
+        trace_headers(ctx, headers)  # the gateway's trace context replaces the client's, when traced
         return headers
 
 
@@ -160,9 +233,14 @@ async def _limited_body(request: web.Request, limit: int) -> AsyncIterator[bytes
         yield chunk
 
 
-def _upstream_error(exc: BaseException) -> GatewayError:
-    cause = exc
+def _own_refusal(exc: BaseException) -> GatewayError | None:
+    cause: BaseException | None = exc
     # aiohttp wraps exceptions raised by the body generator; surface our own refusal.
-    while cause.__cause__ is not None and not isinstance(cause, GatewayError):
+    while cause is not None and not isinstance(cause, GatewayError):
         cause = cause.__cause__
-    return cause if isinstance(cause, GatewayError) else to_gateway_error(exc)
+    return cause
+
+
+def _upstream_error(exc: BaseException) -> GatewayError:
+    refusal = _own_refusal(exc)
+    return refusal if refusal is not None else to_gateway_error(exc)

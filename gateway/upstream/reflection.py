@@ -31,6 +31,13 @@ _CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),
 )
+# The watcher's channels exist to notice a node coming back: cap gRPC's reconnect backoff (120 s by default).
+_WATCH_OPTIONS: tuple[tuple[str, object], ...] = (
+    *_CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+)
 
 Request = reflection_pb2.ServerReflectionRequest
 Response = reflection_pb2.ServerReflectionResponse
@@ -255,10 +262,12 @@ class ReflectionWatcher:
     def start(self) -> None:
         if self._tasks:
             return
-        self._channels = [grpc.aio.insecure_channel(a, options=_CHANNEL_OPTIONS) for a in self.addresses]
+        self._channels = [grpc.aio.insecure_channel(a, options=_WATCH_OPTIONS) for a in self.addresses]
         self._tasks.append(asyncio.create_task(self._run(), name=f"reflection-watcher:{self.name}"))
         for channel in self._channels:
             self._tasks.append(asyncio.create_task(self._watch_connectivity(channel)))
+        if self.current is None:  # nothing loaded yet (an optional source that was down): fetch now
+            self._wake.set()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -338,7 +347,7 @@ class ReflectionWatcher:
         state = channel.get_state(try_to_connect=True)
         while True:
             if state == grpc.ChannelConnectivity.READY:
-                if lost:
+                if lost or self.current is None:
                     self.trigger()
                 was_ready, lost = True, False
             elif was_ready:

@@ -501,3 +501,99 @@ def test_sigterm_lets_in_flight_calls_finish(pb: SimpleNamespace, tmp_path: Path
     finally:
         code = backend.stop()
     assert code == 0, backend.log.read_text()
+
+
+# streaming and HttpBody methods
+
+
+def test_stream_books_streams_a_shelf_with_limit(stub: Any, pb: SimpleNamespace) -> None:
+    shelf = new_shelf(stub, pb, "Streamed", books=3)
+    books = list(stub.StreamBooks(pb.m.StreamBooksRequest(shelf=shelf.id), timeout=RPC_TIMEOUT))
+    assert [book.title for book in books] == ["Streamed 0", "Streamed 1", "Streamed 2"]
+    limited = list(stub.StreamBooks(pb.m.StreamBooksRequest(shelf=shelf.id, limit=2), timeout=RPC_TIMEOUT))
+    assert len(limited) == 2
+
+
+def test_stream_books_synthetic_count_and_fail_after(stub: Any, pb: SimpleNamespace) -> None:
+    books = list(stub.StreamBooks(pb.m.StreamBooksRequest(shelf=1, count=1000), timeout=RPC_TIMEOUT))
+    assert len(books) == 1000 and books[-1].id == 1000 and books[0].title == "Synthetic book 1"
+    stream = stub.StreamBooks(pb.m.StreamBooksRequest(shelf=1, count=10, fail_after=3), timeout=RPC_TIMEOUT)
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for book in stream:
+            received.append(book)
+    assert len(received) == 3 and info.value.code() == grpc.StatusCode.ABORTED
+    assert detail(info.value, error_details_pb2.ErrorInfo).reason == "STREAM_ABORTED"
+
+
+def test_stream_books_validates_its_request(stub: Any, pb: SimpleNamespace) -> None:
+    for request in (
+        pb.m.StreamBooksRequest(shelf=1, interval_ms=-1),
+        pb.m.StreamBooksRequest(shelf=1, count=-1),
+        pb.m.StreamBooksRequest(shelf=1, count=10_000_001),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.StreamBooks(request, timeout=RPC_TIMEOUT))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.StreamBooks(pb.m.StreamBooksRequest(shelf=999), timeout=RPC_TIMEOUT))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_cancelled_stream_is_counted_in_stats(stub: Any, pb: SimpleNamespace) -> None:
+    before = call(stub.GetStats, pb.m.GetStatsRequest()).cancelled_calls.get("StreamBooks", 0)
+    stream = stub.StreamBooks(pb.m.StreamBooksRequest(shelf=1, count=1000, interval_ms=20), timeout=RPC_TIMEOUT)
+    next(stream)
+    stream.cancel()
+    deadline = time.monotonic() + RPC_TIMEOUT
+    while call(stub.GetStats, pb.m.GetStatsRequest()).cancelled_calls.get("StreamBooks", 0) == before:
+        assert time.monotonic() < deadline, "the server never counted the cancellation"
+        time.sleep(0.05)
+
+
+def test_export_books_streams_csv_http_body(stub: Any, pb: SimpleNamespace) -> None:
+    shelf = new_shelf(stub, pb, "Exported", books=2)
+    chunks = list(stub.ExportBooks(pb.m.ExportBooksRequest(shelf=shelf.id), timeout=RPC_TIMEOUT))
+    assert chunks[0].content_type == "text/csv; charset=utf-8"
+    assert b"".join(chunk.data for chunk in chunks).decode().splitlines()[1].endswith(",Exported 0,Author 0,100")
+
+
+def test_import_books_creates_each_streamed_book(stub: Any, pb: SimpleNamespace) -> None:
+    shelf = new_shelf(stub, pb, "Imported")
+    requests = [pb.m.CreateBookRequest(shelf=shelf.id, book=pb.m.Book(title=f"I{i}")) for i in range(3)]
+    answer = stub.ImportBooks(iter(requests), timeout=RPC_TIMEOUT)
+    assert answer.imported_count == 3 and len(answer.book_ids) == 3
+    bad = [*requests[:1], pb.m.CreateBookRequest(shelf=shelf.id, book=pb.m.Book(title=""))]
+    error = rpc_error(stub.ImportBooks, iter(bad), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.details().startswith("book #2:")
+
+
+def test_chat_answers_each_message_and_fails_on_command(stub: Any, pb: SimpleNamespace) -> None:
+    messages = [pb.m.ChatMessage(user="ann", text="hello"), pb.m.ChatMessage(text="/count")]
+    answers = list(stub.Chat(iter(messages), timeout=RPC_TIMEOUT))
+    assert [a.sequence for a in answers] == [1, 2]
+    assert answers[0].text == "ann said: hello" and "book(s)" in answers[1].text
+    assert answers[0].user == "backend-1" and answers[0].HasField("send_time")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Chat(iter([pb.m.ChatMessage(text="/fail")]), timeout=RPC_TIMEOUT))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_covers_default_png_then_upload(stub: Any, pb: SimpleNamespace) -> None:
+    from google.api import httpbody_pb2
+
+    shelf = new_shelf(stub, pb, "Covered", books=1)
+    book_id = call(stub.ListBooks, pb.m.ListBooksRequest(shelf=shelf.id)).books[0].id
+    cover = call(stub.GetBookCover, pb.m.GetBookCoverRequest(shelf=shelf.id, book=book_id))
+    assert cover.content_type == "image/png" and cover.data.startswith(b"\x89PNG\r\n\x1a\n")
+    body = httpbody_pb2.HttpBody(content_type="image/jpeg", data=b"\xff\xd8\xff")
+    saved = call(stub.UploadCover, pb.m.UploadCoverRequest(shelf=shelf.id, book=book_id, body=body))
+    assert (saved.content_type, saved.size_bytes) == ("image/jpeg", 3)
+    cover = call(stub.GetBookCover, pb.m.GetBookCoverRequest(shelf=shelf.id, book=book_id))
+    assert cover.data == b"\xff\xd8\xff"
+    text = httpbody_pb2.HttpBody(content_type="text/plain", data=b"x")
+    rpc_error(
+        stub.UploadCover,
+        pb.m.UploadCoverRequest(shelf=shelf.id, book=book_id, body=text),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from gateway_harness import QUICKSTART, GatewayFactory, bookstore_config, start_backend
+from gateway_harness import QUICKSTART, Client, GatewayFactory, bookstore_config, start_backend
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 from processes import BIN
@@ -164,3 +164,15 @@ def _fuzz(operation: Any, base_url: str) -> None:
         case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=5)
 
     run()
+
+
+def test_a_route_serves_its_document_when_asked(
+    gateway_factory: GatewayFactory, bookstore_descriptor_set: Path, bookstore: int
+) -> None:
+    client = Client(gateway_factory(bookstore_config(bookstore_descriptor_set, bookstore, openapi=True)))
+    status, headers, document = client.get("/v1/openapi.json")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert document["openapi"].startswith("3.1")
+    assert "/v1/shelves/{shelf}" in document["paths"]
+    closed = Client(gateway_factory(bookstore_config(bookstore_descriptor_set, bookstore)))
+    assert closed.get("/v1/openapi.json")[0] == 404

@@ -160,7 +160,7 @@ def test_fetch_tries_the_next_node_and_names_every_failure(backend: int) -> None
 # -- the watcher ----------------------------------------------------------------------------------------------------
 
 
-async def _wait_for(changes: list[DescriptorIndex], count: int, timeout: float = 15.0) -> None:
+async def _wait_for(changes: list[DescriptorIndex], count: int, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while len(changes) < count:
             await asyncio.sleep(0.05)
@@ -272,3 +272,14 @@ async def test_watcher_survives_a_callback_that_refuses(backend: int, caplog: py
     finally:
         await watcher.close()
     assert any("applying the new descriptors failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_watcher_with_nothing_loaded_fetches_at_once(backend: int) -> None:
+    changes: list[DescriptorIndex] = []
+    watcher = ReflectionWatcher("shop", [f"127.0.0.1:{backend}"], changes.append, interval=0)
+    watcher.start()
+    try:
+        await _wait_for(changes, 1, timeout=10)
+    finally:
+        await watcher.close()
+    assert set(changes[0].services) == {BOOKSTORE, GREETER}

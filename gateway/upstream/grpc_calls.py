@@ -1,0 +1,93 @@
+"""Unary gRPC calls with the upstream's balancing, retries and passive health checks.
+
+A failed attempt is retried on another node only for UNAVAILABLE, and only when repeating it cannot
+repeat its effect: the call never reached a server (the channel could not connect), the caller says
+the request is idempotent, or the upstream allows it (`retry_non_idempotent`). The payload is in
+memory, so any node can be sent it again. One deadline covers every attempt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from transcoder.status import Code, http_status_from_code
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.upstream.grpc import GrpcUpstream
+    from gateway.upstream.node_state import NodeSet, NodeState
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+# What grpc-core says when a channel could not connect: the request never left the gateway.
+_NOT_SENT = ("failed to connect to all addresses", "failed to connect to remote host", "connections to all backends")
+
+
+def never_sent(err: grpc.aio.AioRpcError) -> bool:
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (err.details() or "").lower()
+    return any(phrase in details for phrase in _NOT_SENT)
+
+
+async def call_with_retries(
+    upstream: GrpcUpstream,
+    grpc_path: str,
+    payload: bytes,
+    *,
+    ctx: RequestContext | None = None,
+    timeout: float | None = None,
+    metadata: Metadata | None = None,
+    idempotent: bool = False,
+) -> tuple[bytes, Any, Any]:
+    """(reply, initial metadata, trailing metadata) of a unary call; raises the last AioRpcError."""
+    nodes = upstream.node_set
+    retry_timeout = upstream.upstream.retry_timeout
+    repeatable = idempotent or upstream.upstream.retry_non_idempotent
+    first_try = time.monotonic()
+    deadline = None if timeout is None else first_try + timeout
+    tried: list[int] = []
+    while True:
+        state = nodes.pick(ctx, tried)
+        tried.append(state.index)
+        node = upstream.nodes[state.index]
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        started = nodes.acquire(state)
+        call = node.unary(grpc_path)(payload, timeout=remaining, metadata=metadata)
+        try:
+            reply = await call
+            initial = await call.initial_metadata()
+            trailing = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as err:
+            nodes.release(state, started, ok=http_status_from_code(Code(err.code().value[0])) < 500)
+            sent = not never_sent(err)
+            _report(nodes, state, err, sent)
+            now = time.monotonic()
+            retry_left = (
+                len(tried) <= nodes.retries
+                and (retry_timeout <= 0 or now - first_try < retry_timeout)
+                and (deadline is None or now < deadline)
+            )
+            if err.code() == grpc.StatusCode.UNAVAILABLE and retry_left and (repeatable or not sent):
+                continue
+            raise
+        except BaseException:
+            nodes.release(state, started, ok=False)
+            raise
+        nodes.release(state, started, ok=True)
+        nodes.report_status(state, 200)
+        return reply, initial, trailing
+
+
+def _report(nodes: NodeSet, state: NodeState, err: grpc.aio.AioRpcError, sent: bool) -> None:
+    code = err.code()
+    if not sent:
+        nodes.report_failure(state, "tcp")
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        nodes.report_failure(state, "timeout")
+    else:
+        nodes.report_status(state, http_status_from_code(Code(code.value[0])))
