@@ -18,6 +18,7 @@ from gateway.keys import LOADED_CONFIG, RUNTIME, TELEMETRY
 from gateway.paths import normalize_path, split_target
 from gateway.pipeline import run_log_phase, run_request_phases, run_response_phases
 from gateway.responses import ProxyResponse
+from gateway.runner.startup import runner_pool_ctx
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.telemetry import phase_span, telemetry_ctx
 from gateway.writer import send_response
@@ -131,6 +132,7 @@ def build_app(loaded: LoadedConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware, edge_middleware], client_max_size=largest_body + 1)
     app[LOADED_CONFIG] = loaded
     app.cleanup_ctx.append(telemetry_ctx)  # before the runtime: started first, closed last
+    app.cleanup_ctx.append(runner_pool_ctx)  # plugin runners up and their configs accepted before the runtime
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_route("*", "/{tail:.*}", handle_request)
     return app

@@ -19,6 +19,7 @@ from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.edge import EdgeRunner
 from gateway.grpc_proxy import GrpcProxyServer
 from gateway.keys import RUNTIME
+from gateway.runner.supervisor import RunnerStartError
 from gateway.telemetry import start_metrics_endpoint
 
 log = logging.getLogger("protogate")
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         "validate", help="check a config file", description="Exit 0 if valid; else print every error, exit 1."
     )
     validate.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    validate.add_argument(
+        "--with-runners",
+        action="store_true",
+        help="also start the plugin_runners and have them check every ext-plugin config (default: structure only)",
+    )
     validate.set_defaults(func=_validate)
 
     openapi = commands.add_parser(
@@ -77,17 +83,32 @@ def _load_or_report(path: Path) -> LoadedConfig | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        count = len(exc.issues)
-        print(f"{path}: invalid config ({count} error{'s' if count != 1 else ''}):", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+        _report(path, exc)
         return None
+
+
+def _report(path: Path, exc: ConfigError) -> None:
+    count = len(exc.issues)
+    print(f"{path}: invalid config ({count} error{'s' if count != 1 else ''}):", file=sys.stderr)
+    for issue in exc.issues:
+        print(f"  {issue}", file=sys.stderr)
 
 
 def _validate(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
+    if args.with_runners and loaded.config.plugin_runners:
+        from gateway.runner.startup import check_with_runners
+
+        try:
+            issues = asyncio.run(check_with_runners(loaded))
+        except RunnerStartError as exc:
+            print(f"protogate: {exc}", file=sys.stderr)
+            return 1
+        if issues:
+            _report(args.config, ConfigError(issues))
+            return 1
     config = loaded.config
     counts = f"{len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.protos)} protos"
     print(f"{args.config}: ok ({counts})")
@@ -152,7 +173,16 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
         header_timeout=settings.client_header_timeout,
         body_timeout=settings.client_body_timeout,
     )
-    await web_runner.setup()
+    try:
+        await web_runner.setup()  # starts the plugin runners and prepares every ext-plugin config with them
+    except ConfigError as exc:
+        await _cleanup_quietly(web_runner)
+        _report(Path(exc.source or "config"), exc)
+        return 1
+    except RunnerStartError as exc:
+        await _cleanup_quietly(web_runner)
+        print(f"protogate: {exc}", file=sys.stderr)
+        return 1
     site = web.TCPSite(web_runner, host, port, reuse_address=True)
     try:
         await site.start()
@@ -192,6 +222,13 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
         await grpc_server.stop(10.0)
     await web_runner.cleanup()
     return 0
+
+
+async def _cleanup_quietly(web_runner: EdgeRunner) -> None:
+    try:
+        await web_runner.cleanup()
+    except Exception:  # a failed start-up may leave nothing to clean; the first error is the one to report
+        log.debug("cleanup after a failed start-up", exc_info=True)
 
 
 def _bound_address(site: web.TCPSite) -> str:

@@ -16,7 +16,7 @@ READY_WITHIN = 20.0
 
 CURLS = (
     f"curl -s {GATEWAY}/v1/shelves",
-    f"curl -s {GATEWAY}/v1/shelves/1/books?page_size=2",
+    f"curl -s '{GATEWAY}/v1/shelves/1/books?page_size=2'",
     f"curl -s -X POST {GATEWAY}/v1/shelves -H 'Content-Type: application/json' -d '{{\"theme\": \"Travel\"}}'",
     f'curl -s -X POST {GATEWAY}/v1/shelves/1/books -d \'{{"title": "Dune", "author": "Frank Herbert"}}\'',
     f"curl -s -X PATCH '{GATEWAY}/v1/shelves/1/books/1?update_mask=title' -d '{{\"title\": \"Renamed\"}}'",

@@ -18,6 +18,7 @@ from gateway.config.models import Config, Route, Service, Upstream
 from gateway.consumers import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from gateway.plugins import REGISTRY
 from gateway.plugins.base import PluginMeta, PluginSpec
+from gateway.plugins.ext_plugin import ExtPluginConfig, runner_issues
 from transcoder.descriptors import DescriptorIndex
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -117,6 +118,7 @@ class _Checker:
         for kind in ("routes", "services", "protos", "plugin_configs", "global_rules", "consumer_groups"):
             self.issues.extend(_unique_ids(kind, getattr(config, kind)))
         self.issues.extend(_unique_ids("upstreams", [u for u in config.upstreams if u.id]))
+        self.issues.extend(_unique_ids("plugin_runners", config.plugin_runners, "name"))
         self.issues.extend(_missing_id(i) for i, u in enumerate(config.upstreams) if not u.id)
         seen_users: set[str] = set()
         for index, consumer in enumerate(config.consumers):
@@ -230,6 +232,9 @@ class _Checker:
             config = self._validate(model, values, at)
             if meta is None or config is None:
                 continue
+            if isinstance(config, ExtPluginConfig):
+                runners = [runner.name for runner in self.config.plugin_runners]
+                self.issues.extend(ConfigIssue(f"{at}.{field}", msg) for field, msg in runner_issues(config, runners))
             priority = meta.priority if meta.priority is not None else plugin.priority
             specs[name] = None if meta.disable else PluginSpec(plugin, config, priority)
         return specs
@@ -303,12 +308,13 @@ def _missing_id(index: int) -> ConfigIssue:
     return ConfigIssue(f"upstreams[{index}].id", "an upstream in the upstreams list needs an id")
 
 
-def _unique_ids(kind: str, items: Sequence[Any]) -> Iterator[ConfigIssue]:
+def _unique_ids(kind: str, items: Sequence[Any], key: str = "id") -> Iterator[ConfigIssue]:
     seen: set[str] = set()
     for index, item in enumerate(items):
-        if item.id in seen:
-            yield ConfigIssue(f"{kind}[{index}].id", f"duplicate id {item.id!r}")
-        seen.add(item.id)
+        value = getattr(item, key)
+        if value in seen:
+            yield ConfigIssue(f"{kind}[{index}].{key}", f"duplicate {key} {value!r}")
+        seen.add(value)
 
 
 def _check_transcode(

@@ -7,6 +7,7 @@ from gateway.plugins.base import Plugin
 from gateway.plugins.basic_auth import BasicAuth
 from gateway.plugins.consumer_restriction import ConsumerRestriction
 from gateway.plugins.cors import Cors
+from gateway.plugins.ext_plugin import ExtPluginPostReq, ExtPluginPostResp, ExtPluginPreReq
 from gateway.plugins.fault_injection import FaultInjection
 from gateway.plugins.grpc_transcode import GrpcTranscode
 from gateway.plugins.http_logger import HttpLogger
@@ -49,6 +50,9 @@ BUILTIN_PLUGINS: tuple[type[Plugin], ...] = (
     OpenTelemetry,
     Prometheus,
     HttpLogger,
+    ExtPluginPreReq,
+    ExtPluginPostReq,
+    ExtPluginPostResp,
 )
 REGISTRY: dict[str, type[Plugin]] = {plugin.name: plugin for plugin in BUILTIN_PLUGINS}
 

@@ -115,9 +115,10 @@ class _ExtPlugin(Plugin[ExtPluginConfig]):
         pool = app.get(RUNNER_POOL) if app is not None else None
         return pool, pool.get(self.config.runner) if pool is not None else None
 
-    async def _prepared(self, ctx: RequestContext, supervisor: RunnerSupervisor) -> PreparedConf:
+    async def _prepared(self, ctx: RequestContext, pool: RunnerPool, supervisor: RunnerSupervisor) -> PreparedConf:
         assert supervisor.client is not None
         key = prepare_key(ctx.route_id, self.name, self._version)
+        pool.prepared_keys.add((supervisor.name, key))
         return await supervisor.client.prepare(
             key, self._specs, route_id=ctx.route_id, conf_version=self._version, timeout=self.config.timeout
         )
@@ -148,9 +149,9 @@ class _ExtRequestPlugin(_ExtPlugin):
     async def _run(self, ctx: RequestContext) -> Reply | None:
         pool, supervisor = self._runner(ctx)
         try:
-            if supervisor is None or not supervisor.ready or supervisor.client is None:
+            if pool is None or supervisor is None or not supervisor.ready or supervisor.client is None:
                 raise RunnerDown(self._down_message(pool))
-            prepared = await self._prepared(ctx, supervisor)
+            prepared = await self._prepared(ctx, pool, supervisor)
             if not prepared.request_phase:
                 return None
             with plugin_runner_span(ctx, self.phase):
@@ -208,9 +209,9 @@ class ExtPluginPostResp(_ExtPlugin):
             return  # a refusal or a plugin's reply is the gateway's answer, not the upstream's
         pool, supervisor = self._runner(ctx)
         try:
-            if supervisor is None or not supervisor.ready or supervisor.client is None:
+            if pool is None or supervisor is None or not supervisor.ready or supervisor.client is None:
                 raise RunnerDown(self._down_message(pool))
-            prepared = await self._prepared(ctx, supervisor)
+            prepared = await self._prepared(ctx, pool, supervisor)
             if not prepared.response_phase:
                 return
             with plugin_runner_span(ctx, self.phase):

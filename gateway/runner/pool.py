@@ -31,6 +31,8 @@ class RunnerPool:
         self.socket_dir: Path | None = None
         self.supervisors: dict[str, RunnerSupervisor] = {}
         self._logged: dict[tuple[str, str, str], tuple[float, int]] = {}
+        # (runner, key) of every chain prepared for requests: released when the app (its runtime) stops.
+        self.prepared_keys: set[tuple[str, Hashable]] = set()
         for runner in runners:
             address = runner.address
             if address is None:
@@ -64,6 +66,10 @@ class RunnerPool:
             supervisor = self.supervisors.get(name)
             if supervisor is not None and supervisor.client is not None and supervisor.ready:
                 await supervisor.client.release(key)
+
+    async def release_all(self) -> None:
+        await self.release(sorted(self.prepared_keys, key=repr))
+        self.prepared_keys.clear()
 
     async def close(self) -> None:
         for supervisor in self.supervisors.values():
