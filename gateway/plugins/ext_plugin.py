@@ -20,15 +20,9 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.plugins.base import Plugin, PluginConfig
 from gateway.responses import ProxyResponse, Reply
-from gateway.runner.calls import (
-    BadAnswer,
-    apply_response_changes,
-    apply_rewrite,
-    build_request_call,
-    build_response_call,
-    drop_stream,
-    stop_reply,
-)
+
+# A module import: gateway.runner.calls reads plugin variables, so it may be the one importing this package.
+from gateway.runner import calls
 from gateway.runner.pool import RUNNER_POOL, RunnerPool
 from gateway.runner.supervisor import RunnerSupervisor
 from gateway.telemetry import plugin_runner_span
@@ -109,6 +103,9 @@ class _ExtPlugin(Plugin[ExtPluginConfig]):
         super().__init__(config)
         self._specs = config.specs()
         self._version = config.version()
+        # route id -> (the client it was prepared with, the chain): skips the client's per-call normalising.
+        # A chain is updated in place when re-prepared; a new client (a restarted runner) prepares anew.
+        self._chains: dict[str, tuple[object, PreparedConf]] = {}
 
     def _runner(self, ctx: RequestContext) -> tuple[RunnerPool | None, RunnerSupervisor | None]:
         app = getattr(ctx.request, "app", None)  # native gRPC calls have no app: no runner there
@@ -116,12 +113,18 @@ class _ExtPlugin(Plugin[ExtPluginConfig]):
         return pool, pool.get(self.config.runner) if pool is not None else None
 
     async def _prepared(self, ctx: RequestContext, pool: RunnerPool, supervisor: RunnerSupervisor) -> PreparedConf:
-        assert supervisor.client is not None
+        client = supervisor.client
+        assert client is not None
+        cached = self._chains.get(ctx.route_id)
+        if cached is not None and cached[0] is client:
+            return cached[1]
         key = prepare_key(ctx.route_id, self.name, self._version)
         pool.prepared_keys.add((supervisor.name, key))
-        return await supervisor.client.prepare(
+        prepared = await client.prepare(
             key, self._specs, route_id=ctx.route_id, conf_version=self._version, timeout=self.config.timeout
         )
+        self._chains[ctx.route_id] = (client, prepared)
+        return prepared
 
     def _down_message(self, pool: RunnerPool | None) -> str:
         if pool is None:
@@ -129,10 +132,12 @@ class _ExtPlugin(Plugin[ExtPluginConfig]):
         name = self.config.runner
         return f"plugin runner {name!r} is not running" if name else "the plugin runner is not running"
 
-    def _failed(self, ctx: RequestContext, pool: RunnerPool | None, exc: BaseException) -> None:
+    def _failed(
+        self, ctx: RequestContext, pool: RunnerPool | None, supervisor: RunnerSupervisor | None, exc: BaseException
+    ) -> None:
         """Apply the failure policy: return to go on degraded, or raise the refusal."""
         kind, err = _classify(exc)
-        runner = self.config.runner or "-"
+        runner = supervisor.name if supervisor is not None else self.config.runner or "-"
         if pool is not None:
             pool.count_call(runner, self.phase, kind)
             pool.log_failure(runner, self.phase, kind, err.message, self.config.allow_degradation)
@@ -155,20 +160,20 @@ class _ExtRequestPlugin(_ExtPlugin):
             if not prepared.request_phase:
                 return None
             with plugin_runner_span(ctx, self.phase):
-                message = await build_request_call(ctx, prepared)
+                message = await calls.build_request_call(ctx, prepared)
                 answer = await supervisor.client.call_request(prepared, message, timeout=self.config.timeout)
             action = answer.WhichOneof("action")
             if action == "stop":
-                reply = stop_reply(answer.stop)
+                reply = calls.stop_reply(answer.stop)
             elif action == "rewrite":
-                apply_rewrite(ctx, answer.rewrite)
+                calls.apply_rewrite(ctx, answer.rewrite)
                 reply = None
             else:
                 reply = None
         except GatewayError:
             raise  # the client's own fault (e.g. its body over the limit), not the runner's
         except Exception as exc:
-            self._failed(ctx, pool, exc)
+            self._failed(ctx, pool, supervisor, exc)
             return None
         assert pool is not None
         pool.count_call(supervisor.name, self.phase)
@@ -215,16 +220,16 @@ class ExtPluginPostResp(_ExtPlugin):
             if not prepared.response_phase:
                 return
             with plugin_runner_span(ctx, self.phase):
-                message = build_response_call(ctx, response, prepared)
+                message = calls.build_response_call(ctx, response, prepared)
                 if prepared.needs_response_body:
                     message.body = await response.read_body()
                 changes = await supervisor.client.call_response(prepared, message, timeout=self.config.timeout)
-            await apply_response_changes(response, changes)
+            await calls.apply_response_changes(response, changes)
         except Exception as exc:
             try:
-                self._failed(ctx, pool, exc)
+                self._failed(ctx, pool, supervisor, exc)
             except GatewayError:
-                await drop_stream(response)  # the answer becomes the refusal: release the upstream body
+                await calls.drop_stream(response)  # the answer becomes the refusal: release the upstream body
                 raise
             response.headers[DEGRADED_HEADER] = "degraded"
             return
@@ -253,6 +258,6 @@ def _classify(exc: BaseException) -> tuple[str, GatewayError]:
         return "timeout", GatewayError.gateway_timeout("external plugin runner did not answer in time")
     if isinstance(exc, RunnerConfigError):
         return "config_refused", GatewayError.unavailable(f"external plugin config refused by the runner: {exc}")
-    if isinstance(exc, BadAnswer):
+    if isinstance(exc, calls.BadAnswer):
         return "bad_answer", GatewayError.unavailable(f"external plugin answered something unusable: {exc}")
     return "error", GatewayError.unavailable(f"external plugin call failed: {type(exc).__name__}")

@@ -14,7 +14,6 @@ from gateway.paths import normalize_path
 from gateway.plugins.variables import resolve_var
 from gateway.responses import ProxyResponse, Reply
 from gateway.telemetry import inject_context
-from gateway.upstream.http import HOP_BY_HOP
 from plugin_runner.client import PreparedConf
 from plugin_runner.proto import runner_pb2 as pb
 
@@ -23,7 +22,21 @@ if TYPE_CHECKING:
 
 REQUEST_ID_VAR = "_ext_plugin_request_id"
 # A runner may not touch these: the gateway owns framing (THREATS 5); it sets content-length itself.
-PROTECTED_HEADERS = HOP_BY_HOP | {"content-length"}
+# (gateway.upstream.http.HOP_BY_HOP plus content-length; not imported: that module imports the config package.)
+PROTECTED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
 _BODY_HEADERS = ("Content-Length", "Content-MD5", "ETag")
 
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.config.models import PluginRunner
 from gateway.runner.supervisor import RunnerSupervisor
 
 if TYPE_CHECKING:
+    from gateway.config.models import PluginRunner
     from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("protogate.runner")
@@ -26,7 +26,9 @@ LOG_EVERY = 5.0  # seconds: at most one failure line per (runner, phase, kind) i
 class RunnerPool:
     """Every runner of one gateway. Runners with no address get a socket in a private 0700 directory."""
 
-    def __init__(self, runners: Iterable[PluginRunner], *, base_dir: Path = Path(), metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, runners: Iterable[PluginRunner], *, base_dir: Path = Path(), metrics: Metrics | None = None
+    ) -> None:
         self.metrics = metrics
         self.socket_dir: Path | None = None
         self.supervisors: dict[str, RunnerSupervisor] = {}

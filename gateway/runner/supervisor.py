@@ -9,12 +9,15 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from gateway.config.models import PluginRunner
 from plugin_runner.client import RunnerClient
 from plugin_runner.proto import runner_pb2 as pb
+
+if TYPE_CHECKING:
+    from gateway.config.models import PluginRunner
 
 log = logging.getLogger("protogate.runner")
 
@@ -71,7 +74,9 @@ class RunnerSupervisor:
                 self.described = await client.wait_ready(self.config.start_timeout)
             except (TimeoutError, grpc.aio.AioRpcError) as exc:
                 await client.close()
-                raise RunnerStartError(f"dev plugin runner {self.name!r} not reachable at {self.address}: {exc}") from None
+                raise RunnerStartError(
+                    f"dev plugin runner {self.name!r} not reachable at {self.address}: {exc}"
+                ) from None
             self.client = client
             self._ready.set()
             log.info("plugin runner %r (dev mode) ready on %s: %s", self.name, self.address, self._plugin_names())
@@ -213,7 +218,11 @@ class RunnerSupervisor:
                 failures = 0
             delay = min(self.config.max_restart_delay, FIRST_RESTART_DELAY * 2**failures)
             log.warning(
-                "plugin runner %r (pid %d) exited with code %s; restarting in %.1fs", self.name, process.pid, code, delay
+                "plugin runner %r (pid %d) exited with code %s; restarting in %.1fs",
+                self.name,
+                process.pid,
+                code,
+                delay,
             )
             await self._terminate()  # reaps it and drains its output
             while not self._stopping:

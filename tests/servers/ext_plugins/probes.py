@@ -52,6 +52,7 @@ class WrapBody(Plugin):
     async def on_response(self, response: Response, config: dict[str, object]) -> None:
         response.set_status(202)
         response.set_header("x-wrapped", "yes")
+        response.set_header("content-type", "text/plain")
         response.set_body(b"wrapped:" + (response.body or b""))
 
 
