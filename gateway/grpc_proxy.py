@@ -115,6 +115,12 @@ class GrpcProxyServer:
 
     async def proxy(self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         runtime = self._runtime()
+        with runtime.in_use():  # a reload closes the runtime this call started on only after it ended
+            await self._proxy(runtime, method, requests, context)
+
+    async def _proxy(
+        self, runtime: Runtime, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
         ctx: RequestContext | None = None
         outcome = Code.UNKNOWN
         source = "gateway"
@@ -181,7 +187,7 @@ async def _forward(
     remaining = context.time_remaining()
     timeout = remaining if remaining is not None else upstream.read_timeout
     metadata = upstream_metadata(ctx.headers, ctx.upstream_metadata, ctx.client_ip)
-    node = upstream.pick()
+    node = upstream.pick(ctx)
     # Not registered on the channel: method names come from clients, and the registry would only grow.
     call = node.channel.stream_stream(method)(requests, timeout=timeout, metadata=metadata)
     try:

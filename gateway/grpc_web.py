@@ -232,7 +232,7 @@ class GrpcWebTarget:
             except TranscodeError as exc:
                 raise GatewayError(400, exc.code, exc.message) from None
         metadata = upstream_metadata(ctx.headers, ctx.upstream_metadata, ctx.client_ip)
-        node = self.upstream.pick()
+        node = self.upstream.pick(ctx)
         # unary_stream serves unary and server-streaming methods alike (one message in, any number out).
         call = node.channel.unary_stream(ctx.path)(messages[0], timeout=timeout, metadata=metadata)
         return call, node.address

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,6 +14,7 @@ from gateway.config.loader import LoadedConfig
 from gateway.config.models import Route, Timeout, Upstream
 from gateway.consumers import Consumer
 from gateway.context import RequestContext
+from gateway.descriptor_sources import upstream_addresses
 from gateway.errors import GatewayError
 from gateway.grpc_web import GrpcWebSwitch, GrpcWebTarget
 from gateway.openapi_endpoint import openapi_json, openapi_location
@@ -22,6 +26,11 @@ from gateway.router import RouteSpec, RouteTable
 from gateway.transcode import TranscodeTarget
 from gateway.upstream.grpc import GrpcUpstream
 from gateway.upstream.http import HttpUpstream
+from gateway.upstream.reflection import ReflectionWatcher
+from transcoder.descriptors import DescriptorIndex
+from transcoder.errors import TranscodeError
+
+log = logging.getLogger("protogate.runtime")
 
 
 class RouteTarget(Protocol):
@@ -89,6 +98,8 @@ class Runtime:
         self.global_chain = PluginChain.build(loaded.global_plugins.values())
         self._grpc: dict[int, GrpcUpstream] = {}
         self._http: dict[int, HttpUpstream] = {}
+        self._transcoders: dict[str, list[TranscodeTarget]] = {}  # proto id -> the routes' targets that use it
+        self._watchers: list[ReflectionWatcher] = []
         self._route_timeouts = {r.id: r.timeout for r in loaded.config.routes if r.timeout is not None}
         specs: list[RouteSpec[CompiledRoute]] = []
         for route in loaded.config.routes:
@@ -105,18 +116,49 @@ class Runtime:
             )
             specs.append(RouteSpec(route.all_uris, route.methods, route.all_hosts, route.priority, compiled))
         self.table: RouteTable[CompiledRoute] = RouteTable.compile(specs)
+        self._watch_reflected_protos()
+
+    def _watch_reflected_protos(self) -> None:
+        upstreams = {u.id: u for u in self.loaded.config.upstreams}
+        for proto in self.loaded.config.protos:
+            source = proto.reflection
+            if source is None or proto.id not in self._transcoders:
+                continue
+            watcher = ReflectionWatcher(
+                proto.id,
+                upstream_addresses(upstreams[source.upstream_id]),
+                functools.partial(self._apply_descriptors, proto.id),
+                services=source.services,
+                interval=source.refresh_interval,
+                timeout=source.timeout,
+                current=self.loaded.protos.get(proto.id),
+            )
+            watcher.start()
+            self._watchers.append(watcher)
+
+    def _apply_descriptors(self, proto_id: str, index: DescriptorIndex) -> None:
+        for target in self._transcoders.get(proto_id, ()):
+            try:
+                target.swap(index)
+            except TranscodeError as exc:  # the route's service or method is gone: it keeps the old descriptors
+                log.warning("proto %s: a route kept its descriptors: %s", proto_id, exc.message)
 
     def _target(self, route: Route, upstream: Upstream) -> RouteTarget:
         route_id = route.id
         transcode = self.loaded.plugin_config(route_id, "grpc-transcode")
         if isinstance(transcode, GrpcTranscodeConfig):
-            index = self.loaded.protos[transcode.proto_id]
+            index = self.loaded.protos.get(transcode.proto_id)  # None: reflection, required: false, backend down
             client = self._grpc_upstream(upstream)
             openapi = None
-            if transcode.openapi and (location := openapi_location(route)) is not None:
+            if transcode.openapi and index is not None and (location := openapi_location(route)) is not None:
                 openapi = (location, openapi_json(self.loaded, route))  # built once, served as is
+            transcoder = TranscodeTarget(transcode, index, client, openapi=openapi)
+            self._transcoders.setdefault(transcode.proto_id, []).append(transcoder)
+            transcoder.override = self.grpc_client_for
+            if route.timeout is not None and transcode.deadline is None:
+                transcoder.timeout = route.timeout.read  # the route's read timeout is its unary calls' deadline
             # JSON is transcoded; gRPC-Web requests on the same route pass through as they are.
-            return GrpcWebSwitch(GrpcWebTarget(client), TranscodeTarget(transcode, index, client, openapi=openapi))
+            return GrpcWebSwitch(GrpcWebTarget(client), transcoder)
         if upstream.scheme == "grpc":
             return GrpcWebTarget(self._grpc_upstream(upstream))
         return HttpProxyTarget(self._http_upstream(upstream), self._route_timeouts.get(route_id), self.http_client_for)
@@ -155,7 +197,35 @@ class Runtime:
         clients: list[GrpcUpstream | HttpUpstream] = [*self._grpc.values(), *self._http.values()]
         return {c.upstream.id or c.upstream.name or f"inline-{i}": c.node_set.snapshot() for i, c in enumerate(clients)}
 
+    # Requests and calls that started on this runtime (hot reload closes a replaced one after the last).
+    _users: int = 0
+    _drained: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[Runtime]:
+        """Hold this runtime open for one request or call, however it ends."""
+        self._users += 1
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._drained is not None:
+                self._drained.set()
+
+    @property
+    def users(self) -> int:
+        return self._users
+
+    async def retire(self) -> None:
+        """Close once every request that started on this runtime has finished (it was replaced)."""
+        if self._users:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+        await self.close()
+
     async def close(self) -> None:
+        for watcher in self._watchers:
+            await watcher.close()
         for grpc_client in self._grpc.values():
             await grpc_client.close()
         for http_client in self._http.values():

@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import grpc
@@ -33,6 +32,8 @@ from gateway.plugins.grpc_transcode import GrpcTranscodeConfig
 from gateway.responses import ProxyResponse
 from gateway.telemetry import start_upstream_call, trace_metadata, transcode_span
 from gateway.upstream.grpc import GrpcUpstream
+from gateway.upstream.grpc_calls import call_with_retries
+from gateway.upstream.http import IDEMPOTENT_METHODS
 from transcoder.descriptors import DescriptorIndex, HttpBinding, MethodInfo
 from transcoder.errors import TranscodeError
 from transcoder.field_mask import infer_update_mask
@@ -57,6 +58,9 @@ from transcoder.response import (
 from transcoder.status import Code, http_status_from_code
 from transcoder.streaming import StreamFormat, StreamFramer, negotiate_stream_format
 
+if TYPE_CHECKING:
+    from gateway.config.models import Upstream
+
 log = logging.getLogger("protogate.transcode")
 
 _JSON = "application/json"
@@ -64,21 +68,21 @@ _OCTETS = "application/octet-stream"
 Query = Sequence[tuple[str, str]]
 
 
-@dataclass
 class TranscodeTarget:
     """Everything one route needs to transcode, prepared at config load."""
 
     def __init__(
         self,
         config: GrpcTranscodeConfig,
-        index: DescriptorIndex,
+        index: DescriptorIndex | None,
         upstream: GrpcUpstream,
         *,
         openapi: tuple[str, bytes] | None = None,
     ) -> None:
         self.openapi = openapi  # (path, document) when the route serves its OpenAPI document
-        self.index = index
         self.upstream = upstream
+        # Set by the runtime: the client of an upstream traffic-split chose (ctx.upstream_override).
+        self.override: Callable[[Upstream | str], GrpcUpstream] | None = None
         self.timeout = config.deadline or upstream.read_timeout
         self.stream_deadline = config.deadline
         self.stream_format = StreamFormat(config.stream_format)
@@ -89,24 +93,52 @@ class TranscodeTarget:
             emit_unpopulated=opts.emit_unpopulated,
             enums_as_ints=opts.enums_as_ints,
         )
-        methods = _methods_in_scope(index, config)
+        self.config = config
+        # None: a reflection source with `required: false` that has not answered yet; requests get 503.
+        self.index: DescriptorIndex | None = None
+        self.matcher = RuleMatcher.build([])
         self.fixed_method: MethodInfo | None = None
+        if index is not None:
+            self.swap(index)
+
+    def swap(self, index: DescriptorIndex) -> None:
+        """Transcode with `index` from now on (server reflection saw new descriptors).
+
+        Everything is built first; a TranscodeError (the route's service or method is gone) leaves the
+        old descriptors in place. The assignments that follow have no await between them, so no request
+        on the event loop sees half of the old state and half of the new.
+        """
+        config = self.config
+        methods = _methods_in_scope(index, config)
+        fixed: MethodInfo | None = None
         if config.method is not None:
-            self.fixed_method = index.method(f"{config.service}.{config.method}")
+            fixed = index.method(f"{config.service}.{config.method}")
             # APISIX style: the route's uri decides; the body (if any) is the request, then the query.
-            template = parse_template(self.fixed_method.grpc_path)  # never matched: the route matched already
-            self._fixed_with_body = HttpBinding("*", template, "*", "", self.fixed_method)
-            self._fixed_no_body = HttpBinding("*", template, "", "", self.fixed_method)
+            template = parse_template(fixed.grpc_path)  # never matched: the route matched already
+            with_body = HttpBinding("*", template, "*", "", fixed)
+            no_body = HttpBinding("*", template, "", "", fixed)
         bindings: list[HttpBinding] = [b for m in methods for b in m.bindings]
         if config.auto_mapping:
             bindings.extend(
                 HttpBinding("POST", parse_template(m.grpc_path), "*", "", m) for m in methods if m.grpc_path
             )
-        self.matcher = RuleMatcher.build(bindings)
+        matcher = RuleMatcher.build(bindings)
+        if fixed is not None:
+            self._fixed_with_body, self._fixed_no_body = with_body, no_body
+        self.index, self.fixed_method, self.matcher = index, fixed, matcher
+
+    def upstream_for(self, ctx: RequestContext) -> GrpcUpstream:
+        if ctx.upstream_override is not None and self.override is not None:
+            return self.override(ctx.upstream_override)
+        return self.upstream
 
     async def handle(self, ctx: RequestContext) -> ProxyResponse:
         if self.openapi is not None and ctx.method in ("GET", "HEAD") and ctx.path == self.openapi[0]:
             return ProxyResponse(200, CIMultiDict({"Content-Type": _JSON}), self.openapi[1])
+        if self.index is None:
+            raise GatewayError(
+                503, Code.UNAVAILABLE, f"the descriptors of proto {self.config.proto_id!r} are not loaded yet"
+            )
         if _is_websocket(ctx):
             return await self._websocket(ctx, self._match_websocket(ctx.path))
         match = self._match(ctx.method, ctx.path)
@@ -119,22 +151,27 @@ class TranscodeTarget:
             binding = self._fixed_with_body if body.strip() else self._fixed_no_body
         with transcode_span(ctx, "transcode request", method.grpc_path):
             payload = self._encode(ctx, binding, match.variables, _query(ctx), body)
-        node = self.upstream.pick()
-        upstream_call = start_upstream_call(ctx, "grpc", method.grpc_path, node.address)
-        metadata = self._metadata(ctx)
+        upstream = self.upstream_for(ctx)
         if method.server_streaming:
+            node = upstream.pick(ctx)
+            start_upstream_call(ctx, "grpc", method.grpc_path, node.address)
+            metadata = self._metadata(ctx)
             deadline = self._deadline(ctx, self.stream_deadline)
             call = node.unary_stream(method.grpc_path)(payload, timeout=deadline, metadata=metadata)
-            return await self._stream_answer(ctx, binding, _CallReader(call, None, self.upstream.read_timeout))
-        call = node.unary(method.grpc_path)(payload, timeout=self._deadline(ctx, self.timeout), metadata=metadata)
+            return await self._stream_answer(ctx, binding, _CallReader(call, None, upstream.read_timeout))
         try:
-            reply = await call
-            initial = await call.initial_metadata()
-            trailing = await call.trailing_metadata()
+            # Balancing, passive health checks, and UNAVAILABLE retried on another node when safe.
+            reply, initial, trailing = await call_with_retries(
+                upstream,
+                method.grpc_path,
+                payload,
+                ctx=ctx,
+                timeout=self._deadline(ctx, self.timeout),
+                metadata=lambda: self._metadata(ctx),
+                idempotent=ctx.method in IDEMPOTENT_METHODS,
+            )
         except grpc.aio.AioRpcError as err:
-            upstream_call.grpc_status(err.code(), err)
             raise self._rpc_error(err) from None
-        upstream_call.grpc_status(grpc.StatusCode.OK)
         with transcode_span(ctx, "transcode response", method.grpc_path):
             return self._unary_answer(binding, reply, initial, trailing)
 
@@ -178,7 +215,7 @@ class TranscodeTarget:
         method = match.binding.method
         encode = self._message_encoder(ctx, match)
         raw = http_body_field(match.binding.body, method.input_descriptor) is not None
-        node = self.upstream.pick()
+        node = self.upstream_for(ctx).pick(ctx)
         kind = node.stream_stream if method.server_streaming else node.stream_unary
         deadline = self._deadline(ctx, self.stream_deadline)
         call = kind(method.grpc_path)(timeout=deadline, metadata=self._metadata(ctx))
@@ -285,7 +322,7 @@ class TranscodeTarget:
         if not ws.can_prepare(request).ok:
             raise GatewayError.bad_request("not a valid WebSocket handshake")
         method = match.binding.method
-        node = self.upstream.pick()
+        node = self.upstream_for(ctx).pick(ctx)
         metadata = self._metadata(ctx)
         deadline = self._deadline(ctx, self.stream_deadline)
         encode: Callable[[bytes], bytes] | None = None

@@ -19,6 +19,7 @@ from gateway.consumers import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from gateway.plugins import REGISTRY
 from gateway.plugins.base import PluginMeta, PluginSpec
 from gateway.plugins.ext_plugin import ExtPluginConfig, runner_issues
+from gateway.plugins.traffic_split import referenced_upstream_ids
 from transcoder.descriptors import DescriptorIndex
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -160,6 +161,11 @@ class _Checker:
             merged.update(self._plugins(where, route.plugins))
             route_plugins[route.id] = _enabled(merged)
             upstream = self._route_upstream(where, route, service, upstream_ids)
+            split = route_plugins[route.id].get("traffic-split")
+            if split is not None:
+                for ref in referenced_upstream_ids(split.config):
+                    if ref not in upstream_ids:
+                        self.issues.append(ConfigIssue(f"{where}.plugins.traffic-split", _no("upstream", ref)))
             transcode = route_plugins[route.id].get("grpc-transcode")
             if transcode is not None:
                 self.issues.extend(_check_transcode(where, upstream, transcode.config, protos, config))

@@ -2,18 +2,20 @@
 
 A failed attempt is retried on another node only for UNAVAILABLE, and only when repeating it cannot
 repeat its effect: the call never reached a server (the channel could not connect), the caller says
-the request is idempotent, or the upstream allows it (`retry_non_idempotent`). The payload is in
+the request is idempotent, or the upstream allows it (`retry_non_idempotent`). A repeatable call is
+also retried after CANCELLED, which a server that is shutting down answers to calls it did not run. The payload is in
 memory, so any node can be sent it again. One deadline covers every attempt.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from gateway.telemetry import start_upstream_call
 from transcoder.status import Code, http_status_from_code
 
 if TYPE_CHECKING:
@@ -41,10 +43,14 @@ async def call_with_retries(
     *,
     ctx: RequestContext | None = None,
     timeout: float | None = None,
-    metadata: Metadata | None = None,
+    metadata: Metadata | Callable[[], Metadata] | None = None,
     idempotent: bool = False,
 ) -> tuple[bytes, Any, Any]:
-    """(reply, initial metadata, trailing metadata) of a unary call; raises the last AioRpcError."""
+    """(reply, initial metadata, trailing metadata) of a unary call; raises the last AioRpcError.
+
+    With `ctx`, each attempt is reported to telemetry (its own client span) and chash reads its key from it.
+    `metadata` may be a function: it is then called for each attempt, once the attempt's span has started.
+    """
     nodes = upstream.node_set
     retry_timeout = upstream.upstream.retry_timeout
     repeatable = idempotent or upstream.upstream.retry_non_idempotent
@@ -57,12 +63,17 @@ async def call_with_retries(
         node = upstream.nodes[state.index]
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         started = nodes.acquire(state)
-        call = node.unary(grpc_path)(payload, timeout=remaining, metadata=metadata)
+        upstream_call = start_upstream_call(ctx, "grpc", grpc_path, node.address) if ctx is not None else None
+        # Built after the attempt's span started, so a trace context in it names that span.
+        sent_metadata = metadata() if callable(metadata) else metadata
+        call = node.unary(grpc_path)(payload, timeout=remaining, metadata=sent_metadata)
         try:
             reply = await call
             initial = await call.initial_metadata()
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as err:
+            if upstream_call is not None:
+                upstream_call.grpc_status(err.code(), err)
             nodes.release(state, started, ok=http_status_from_code(Code(err.code().value[0])) < 500)
             sent = not never_sent(err)
             _report(nodes, state, err, sent)
@@ -72,15 +83,26 @@ async def call_with_retries(
                 and (retry_timeout <= 0 or now - first_try < retry_timeout)
                 and (deadline is None or now < deadline)
             )
-            if err.code() == grpc.StatusCode.UNAVAILABLE and retry_left and (repeatable or not sent):
+            if retry_left and _retryable(err.code(), repeatable, sent):
                 continue
             raise
-        except BaseException:
+        except BaseException as exc:
+            if upstream_call is not None and isinstance(exc, Exception):
+                upstream_call.failed(exc)
             nodes.release(state, started, ok=False)
             raise
+        if upstream_call is not None:
+            upstream_call.grpc_status(grpc.StatusCode.OK)
         nodes.release(state, started, ok=True)
         nodes.report_status(state, 200)
         return reply, initial, trailing
+
+
+def _retryable(code: grpc.StatusCode, repeatable: bool, sent: bool) -> bool:
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return repeatable or not sent
+    # A server shutting down cancels the calls it has not run; we never cancel a call we still await.
+    return code == grpc.StatusCode.CANCELLED and repeatable
 
 
 def _report(nodes: NodeSet, state: NodeState, err: grpc.aio.AioRpcError, sent: bool) -> None:

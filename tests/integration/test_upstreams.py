@@ -453,3 +453,103 @@ def test_a_503_is_retried_on_another_node_only_when_safe(
         if gateway is not None:
             gateway.process.stop()
         a.stop()
+
+
+GRPC_CHECKS = {
+    "active": {
+        "type": "grpc",
+        "grpc_service": "bookstore.v1.Bookstore",
+        "timeout": 0.5,
+        "healthy": {"interval": 0.1, "successes": 1},
+        "unhealthy": {"interval": 0.1, "tcp_failures": 1, "http_failures": 1},
+    },
+    "passive": {"unhealthy": {"tcp_failures": 1}},
+}
+
+
+def shelves_served_by(client: Client) -> str:
+    status, headers, data = client.request("GET", "/v1/shelves", "any")
+    assert status == 200, data
+    return str(headers["Grpc-Metadata-X-Bookstore-Served-By"])
+
+
+def test_a_killed_grpc_node_costs_no_request_and_gets_traffic_again(
+    tmp_path: Path, bookstore_descriptor_set: Path, connect: Connect
+) -> None:
+    (g1, port1), (g2, port2) = start_grpc("g1"), start_grpc("g2")
+    gateway = None
+    try:
+        config = grpc_config(bookstore_descriptor_set, {port1: 1, port2: 1}, checks=GRPC_CHECKS)
+        gateway = write_config(tmp_path, config)
+        client = connect(gateway)
+        assert Counter(shelves_served_by(client) for _ in range(20)) == {"g1": 10, "g2": 10}
+        stop = threading.Event()
+        failures: list[str] = []
+        served: Counter[str] = Counter()
+
+        def load() -> None:
+            other = connect(gateway)
+            while not stop.is_set():
+                try:
+                    served[shelves_served_by(other)] += 1
+                except AssertionError as exc:
+                    failures.append(str(exc))
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            time.sleep(0.3)
+            g2.popen.kill()  # mid-run, while requests keep coming
+            g2.stop()
+            time.sleep(0.5)
+            before_restart = served.copy()
+            time.sleep(0.3)
+            assert served["g2"] == before_restart["g2"]  # no traffic to the dead node
+            g2, _ = start_grpc("g2", port2)
+            wait_until(lambda: served["g2"] > before_restart["g2"] + 5, timeout=5)
+        finally:
+            stop.set()
+            worker.join()
+        assert failures == []
+    finally:
+        if gateway is not None:
+            gateway.process.stop()
+        g1.stop()
+        g2.stop()
+
+
+def test_traffic_split_and_chash_on_a_transcoded_route(
+    tmp_path: Path, bookstore_descriptor_set: Path, connect: Connect
+) -> None:
+    (g1, port1), (g2, port2), (g3, port3) = start_grpc("g1"), start_grpc("g2"), start_grpc("g3")
+    gateway = None
+    try:
+        config = grpc_config(
+            bookstore_descriptor_set, {port1: 1, port2: 1}, type="chash", hash_on="header", key="X-User"
+        )
+        config["upstreams"].append({"id": "canary", "scheme": "grpc", "nodes": {f"127.0.0.1:{port3}": 1}})
+        config["routes"][0]["plugins"]["traffic-split"] = {
+            "rules": [
+                {
+                    "match": [{"vars": [["http_x_user", "==", "tester"]]}],
+                    "weighted_upstreams": [{"upstream_id": "canary"}],
+                }
+            ]
+        }
+        gateway = write_config(tmp_path, config)
+        client = connect(gateway)
+
+        def served(user: str) -> str:
+            status, headers, data = client.request("GET", "/v1/shelves", "any", headers={"X-User": user})
+            assert status == 200, data
+            return str(headers["Grpc-Metadata-X-Bookstore-Served-By"])
+
+        assert {served("tester") for _ in range(5)} == {"g3"}
+        owners = {user: {served(user) for _ in range(3)} for user in (f"user-{i}" for i in range(30))}
+        assert all(len(seen) == 1 for seen in owners.values())
+        assert set().union(*owners.values()) == {"g1", "g2"}
+    finally:
+        if gateway is not None:
+            gateway.process.stop()
+        for process in (g1, g2, g3):
+            process.stop()

@@ -20,6 +20,7 @@ from gateway.upstream.grpc_calls import call_with_retries, never_sent
 BACKEND = REPO / "tests" / "servers" / "health_backend.py"
 GET_STATS = "/bookstore.v1.Bookstore/GetStats"
 SERVED_BY = "x-bookstore-served-by"
+CANCEL = b"\x78\x01"  # field 15 = 1: unknown to GetStatsRequest (so g1, g2 ignore it); the busy server cancels
 
 
 def start_backend(name: str, port: int = 0) -> tuple[Process, int]:
@@ -101,7 +102,8 @@ async def busy_server() -> AsyncIterator[tuple[int, Counter[str]]]:
 
     async def busy(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         calls["busy"] += 1
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
+        code = grpc.StatusCode.CANCELLED if request == CANCEL else grpc.StatusCode.UNAVAILABLE
+        await context.abort(code, "overloaded")
         return b""
 
     server = grpc.aio.server()
@@ -180,5 +182,22 @@ async def test_the_deadline_covers_every_attempt(backends: dict[str, int]) -> No
         _, initial, _ = await call_with_retries(upstream, GET_STATS, b"", timeout=2)
         assert served_by(initial) == "g1"
         assert time.monotonic() - started < 2
+    finally:
+        await upstream.close()
+
+
+async def test_cancelled_by_the_server_is_retried_only_when_repeatable(
+    backends: dict[str, int], busy_server: tuple[int, Counter[str]]
+) -> None:
+    port, calls = busy_server
+    upstream = await client({f"127.0.0.1:{port}": 1, f"127.0.0.1:{backends['g2']}": 1})
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call_with_retries(upstream, GET_STATS, CANCEL, timeout=5)
+        assert raised.value.code() == grpc.StatusCode.CANCELLED
+        await call_with_retries(upstream, GET_STATS, b"", timeout=5)  # g2's turn
+        _, initial, _ = await call_with_retries(upstream, GET_STATS, CANCEL, timeout=5, idempotent=True)
+        assert served_by(initial) == "g2"
+        assert calls["busy"] == 2
     finally:
         await upstream.close()

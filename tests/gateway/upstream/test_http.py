@@ -100,3 +100,15 @@ async def test_forwarded_for_joins_every_line_then_the_peer(upstream: HttpUpstre
 )
 def test_node_host(host: str, port: int, expected: str) -> None:
     assert node_host(Node(host=host, port=port)) == expected
+
+
+@pytest.mark.parametrize(("idle", "force_close"), [(30.0, False), (0.0, True)])
+async def test_keepalive_pool_sets_the_connector(idle: float, force_close: bool) -> None:
+    upstream = Upstream(nodes=[Node(host="10.0.0.5", port=8080)], keepalive_pool={"idle_timeout": idle})
+    client = HttpUpstream(upstream)
+    try:
+        connector = client.session.connector
+        assert connector is not None and connector.force_close is force_close
+        assert client.nodes.retries == 0
+    finally:
+        await client.close()
