@@ -96,6 +96,7 @@ def _merge_body(message: Message, rule: str, body: bytes, strict: bool) -> None:
             )
         # Wrapping the value under its field name lets json_format handle every field kind the same way.
         document = {rule: value}
+    _refuse_aliased_fields(document, descriptor, "", 0)
     try:
         _parse(document, message)
     except TranscodeError:
@@ -104,6 +105,50 @@ def _merge_body(message: Message, rule: str, body: bytes, strict: bool) -> None:
         # Unknown fields are rare: pay for the pruning pass only when the strict parse has failed.
         message.Clear()
         _parse(document, message)
+
+
+def _refuse_aliased_fields(value: Any, descriptor: Descriptor, path: str, depth: int) -> None:
+    """Refuse one field given twice, by its proto name and its JSON name (`book_count` and `bookCount`).
+
+    json_format takes the last one silently; Go's protojson, and so grpc-gateway, refuse the body.
+    """
+    if not isinstance(value, dict) or depth > _MAX_DEPTH or descriptor.full_name.startswith("google.protobuf."):
+        return
+    seen: dict[str, str] = {}
+    for key, item in value.items():
+        field = descriptor.fields_by_name.get(key) or _fields_by_json_name(descriptor).get(key)
+        if field is None:
+            continue
+        if field.name in seen:
+            where = f"{path}.{field.name}" if path else field.name
+            raise TranscodeError(
+                Code.INVALID_ARGUMENT, f"{_BODY}: field {where!r} is given twice (as {seen[field.name]!r} and {key!r})"
+            )
+        seen[field.name] = key
+        sub = field.message_type
+        if sub is None:
+            continue
+        child = f"{path}.{field.name}" if path else field.name
+        if sub.GetOptions().map_entry:
+            value_type = sub.fields_by_name["value"].message_type
+            if value_type is not None and isinstance(item, dict):
+                for entry in item.values():
+                    _refuse_aliased_fields(entry, value_type, child, depth + 1)
+        elif isinstance(item, list):
+            for element in item:
+                _refuse_aliased_fields(element, sub, child, depth + 1)
+        else:
+            _refuse_aliased_fields(item, sub, child, depth + 1)
+
+
+def _fields_by_json_name(descriptor: Descriptor) -> dict[str, Any]:
+    cached = _JSON_NAMES.get(descriptor)
+    if cached is None:
+        cached = _JSON_NAMES[descriptor] = {f.json_name: f for f in descriptor.fields}
+    return cached
+
+
+_JSON_NAMES: dict[Descriptor, dict[str, Any]] = {}
 
 
 # Well-known types whose JSON form is not an object.

@@ -336,3 +336,13 @@ def test_the_body_is_parsed_once_per_request_not_mutated_across_requests(binding
     second = build_request(bindings["create"], {}, [], body)
     assert first == second
     assert first is not second
+
+
+def test_a_field_given_by_both_its_names_is_refused(kitchen_index: DescriptorIndex) -> None:
+    binding = next(b for b in kitchen_index.bindings if b.body == "*")
+    descriptor = binding.method.input_descriptor
+    field = next(f for f in descriptor.fields if f.json_name != f.name and f.type == f.TYPE_STRING)
+    body = json.dumps({field.name: "a", field.json_name: "b"}).encode()
+    with pytest.raises(TranscodeError) as caught:
+        build_request(binding, {}, [], body)
+    assert "given twice" in caught.value.message and field.name in caught.value.message
