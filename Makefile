@@ -7,7 +7,7 @@ GENERATED := examples/quickstart/generated/bookstore.binpb
 
 NODE_RUNNER := examples/plugins/node
 
-.PHONY: install build run test lint format bench clean node-runner proto
+.PHONY: install build run test lint format bench clean node-runner proto services
 
 install: $(STAMP)
 
@@ -36,7 +36,17 @@ proto: $(STAMP)
 run: build
 	$(BIN)/python examples/quickstart/run.py
 
-test: build node-runner
+# Real Redis and etcd servers for the cluster tests, from Debian's packages (redis-server, etcd-server).
+services:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "make services: not root; install:$$missing (apt-get install -y$$missing)" >&2; exit 0; fi; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
+
+test: build node-runner services
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

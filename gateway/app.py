@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -14,10 +15,12 @@ from gateway.context import RequestContext
 from gateway.edge import edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.grpc_web import as_grpc_web
-from gateway.keys import LOADED_CONFIG, RUNTIME, TELEMETRY
+from gateway.keys import CONFIG_MANAGER, CONFIG_SETTINGS, LOADED_CONFIG, RUNTIME, TELEMETRY, TLS_EDGE
 from gateway.paths import normalize_path, split_target
 from gateway.pipeline import run_log_phase, run_request_phases, run_response_phases
+from gateway.reload import ConfigManager
 from gateway.responses import ProxyResponse
+from gateway.runner.pool import RUNNER_POOL
 from gateway.runner.startup import runner_pool_ctx
 from gateway.runtime import CompiledRoute, Runtime
 from gateway.telemetry import phase_span, telemetry_ctx
@@ -56,7 +59,13 @@ SERVER_HEADER = f"protogate/{__version__}"
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
+    # Read per request: a reload swaps it. The request holds its runtime open until its answer is sent.
+    runtime = request.app[CONFIG_MANAGER].runtime
+    with runtime.in_use():
+        return await _handle_request(request, runtime)
+
+
+async def _handle_request(request: web.Request, runtime: Runtime) -> web.StreamResponse:
     telemetry = request.app[TELEMETRY]
     ctx: RequestContext | None = None
     try:
@@ -77,6 +86,9 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
     # A gRPC-Web client reads refusals (a plugin's, the router's) as gRPC statuses, not JSON.
     response = as_grpc_web(request.headers.get("Content-Type"), response)
     response.headers["Server"] = SERVER_HEADER
+    tls_edge = request.app.get(TLS_EDGE)
+    if tls_edge is not None and tls_edge.hsts is not None and request.secure:
+        response.headers.setdefault("Strict-Transport-Security", tls_edge.hsts)
     try:
         return await send_response(request, response)
     finally:
@@ -89,6 +101,12 @@ async def handle_request(request: web.Request) -> web.StreamResponse:
 def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRoute, RequestContext]:
     raw_path, query = split_target(request.raw_path)
     path = normalize_path(raw_path)
+    client_cert = None
+    tls_edge = request.app.get(TLS_EDGE)
+    if tls_edge is not None:  # an mTLS host refuses a request without its client certificate, on any route
+        client_cert, refusal = tls_edge.check_request(request, path)
+        if refusal is not None:
+            raise refusal
     host = request.headers.get("Host", "")
     route = runtime.table.match(host, request.method, path)
     if route is None:
@@ -110,6 +128,7 @@ def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRout
         client_ip=request.remote or "",
         consumers=runtime.consumers,
         body_limit=route.body_limit,
+        client_cert=client_cert,
     )
     return route, ctx
 
@@ -124,13 +143,15 @@ async def _proxy(runtime: Runtime, route: CompiledRoute, ctx: RequestContext) ->
     return await route.target.handle(ctx)
 
 
-def build_app(loaded: LoadedConfig) -> web.Application:
+def build_app(loaded: LoadedConfig, document_settings: dict[str, Any] | None = None) -> web.Application:
     settings = loaded.config.gateway
     largest_body = max(
         [settings.client_max_body_size, *(r.max_body_size or 0 for r in loaded.config.routes)], default=0
     )
     app = web.Application(middlewares=[error_middleware, edge_middleware], client_max_size=largest_body + 1)
     app[LOADED_CONFIG] = loaded
+    if document_settings is not None:  # the config file's own sections, as written: reloads keep them
+        app[CONFIG_SETTINGS] = document_settings
     app.cleanup_ctx.append(telemetry_ctx)  # before the runtime: started first, closed last
     app.cleanup_ctx.append(runner_pool_ctx)  # plugin runners up and their configs accepted before the runtime
     app.cleanup_ctx.append(_runtime_ctx)
@@ -141,5 +162,9 @@ def build_app(loaded: LoadedConfig) -> web.Application:
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = Runtime(app[LOADED_CONFIG])
     app[RUNTIME] = runtime
+    manager = ConfigManager(
+        app[LOADED_CONFIG], runtime, settings=app.get(CONFIG_SETTINGS), runner_pool=lambda: app.get(RUNNER_POOL)
+    )
+    app[CONFIG_MANAGER] = manager
     yield
-    await runtime.close()
+    await manager.close()  # the current runtime, and replaced ones still draining

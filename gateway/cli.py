@@ -10,17 +10,26 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.app import build_app
-from gateway.config.loader import ConfigError, LoadedConfig, load_config
+from gateway.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_config, load_document
+from gateway.config.models import AdminSettings, Config, Ssl, TlsListen
 from gateway.edge import EdgeRunner
 from gateway.grpc_proxy import GrpcProxyServer
-from gateway.keys import RUNTIME
+from gateway.keys import CONFIG_MANAGER, TLS_EDGE
 from gateway.runner.supervisor import RunnerStartError
+from gateway.store.base import ConfigStore, Snapshot
+from gateway.store.file import read_document
 from gateway.telemetry import start_metrics_endpoint
+
+if TYPE_CHECKING:
+    from gateway.reload import ConfigManager
+    from gateway.tls_edge import TlsEdge
 
 log = logging.getLogger("protogate")
 
@@ -69,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     openapi.add_argument("--route", action="append", help="only this route id (repeatable; default: all)")
     openapi.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     openapi.set_defaults(func=_openapi)
+
+    export = commands.add_parser(
+        "export",
+        help="print the config with the store's resources, as YAML `protogate run` accepts",
+        description="Print the config file's settings and the resources its store holds now (standalone form).",
+    )
+    export.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    export.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    export.set_defaults(func=_export)
     return parser
 
 
@@ -139,13 +157,6 @@ def _openapi(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loaded = _load_or_report(args.config)
-    if loaded is None:
-        return 1
-    host, port = loaded.config.gateway.listen.host, loaded.config.gateway.listen.port
-    if args.listen:
-        listen_host, port = args.listen
-        host = listen_host or host
     try:
         import uvloop
 
@@ -153,12 +164,118 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError:  # uvloop is not on every platform; the default loop still works
         runner = asyncio.Runner()
     with runner:
-        return runner.run(_serve(loaded, host, port))
+        return runner.run(_start(args))
 
 
-async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
+async def _start(args: argparse.Namespace) -> int:
+    """Read the config file, open its store, load what the store holds, then serve it."""
+    from gateway.reload import settings_of
+
+    started = await _open_config(args.config)
+    if started is None:
+        return 1
+    loaded, store, snapshot, document = started
+    host, port = loaded.config.gateway.listen.host, loaded.config.gateway.listen.port
+    if args.listen:
+        listen_host, port = args.listen
+        host = listen_host or host
+    try:
+        return await _serve(loaded, host, port, document_settings=settings_of(document), store=store, snapshot=snapshot)
+    finally:
+        await store.close()  # closed twice when the manager took it: both stores allow that
+
+
+async def _open_config(path: Path) -> tuple[LoadedConfig, ConfigStore, Snapshot, dict[str, Any]] | None:
+    from gateway.reload import open_store, settings_of, with_objects
+    from gateway.store.base import RESOURCE_KINDS, StoreError
+
+    try:
+        document, _ = await asyncio.to_thread(read_document, path)
+        store_settings = Config.model_validate({"store": document.get("store") or {}}).store
+    except StoreError as exc:
+        print(f"protogate: {exc}", file=sys.stderr)
+        return None
+    except ValidationError as exc:
+        _report(path, ConfigError([ConfigIssue(f"store.{_dotted(e['loc'][1:])}", e["msg"]) for e in exc.errors()]))
+        return None
+    if store_settings.type != "standalone":
+        inline = [kind for kind in RESOURCE_KINDS if document.get(kind)]
+        if inline:
+            where = ", ".join(inline)
+            print(
+                f"protogate: {path}: with store type {store_settings.type} the resources live in the store; "
+                f"move {where} there (or use the Admin API)",
+                file=sys.stderr,
+            )
+            return None
+    try:
+        store = open_store(store_settings, path)
+        snapshot = await store.snapshot()
+    except (StoreError, ValueError) as exc:
+        print(f"protogate: cannot read the config store ({store_settings.type}): {exc}", file=sys.stderr)
+        return None
+    whole = with_objects(settings_of(document), snapshot.objects)
+    try:
+        loaded = await asyncio.to_thread(load_document, whole, base_dir=path.parent)
+    except ConfigError as exc:
+        await store.close()
+        source = path if store_settings.type == "standalone" else Path(f"{path} (store: {store_settings.type})")
+        _report(source, exc)
+        return None
+    return loaded, store, snapshot, document
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from gateway.reload import settings_of, with_objects
+
+    async def read() -> dict[str, Any] | None:
+        started = await _open_config(args.config)
+        if started is None:
+            return None
+        _, store, snapshot, document = started
+        await store.close()
+        settings = settings_of(document)
+        settings.pop("store", None)  # the export is a standalone config: its resources are in it
+        return with_objects(settings, snapshot.objects)
+
+    exported = asyncio.run(read())
+    if exported is None:
+        return 1
+    text = yaml.safe_dump(exported, sort_keys=False, allow_unicode=True)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+async def _serve(
+    loaded: LoadedConfig,
+    host: str,
+    port: int,
+    *,
+    document_settings: dict[str, Any] | None = None,
+    store: ConfigStore | None = None,
+    snapshot: Snapshot | None = None,
+) -> int:
+    from gateway.admin.auth import AdminKeyRequired, admin_key
+
+    admin = loaded.config.admin
+    try:
+        key, generated = admin_key(admin) if admin is not None else ("", False)
+    except AdminKeyRequired as exc:
+        print(f"protogate: {exc}", file=sys.stderr)
+        return 1
     settings = loaded.config.gateway
-    app = build_app(loaded)
+    app = build_app(loaded, document_settings)
+    if settings.tls_listen is not None:
+        app[TLS_EDGE] = _tls_edge(app, loaded, settings.tls_listen)
     # These go straight to each connection's handler (EdgeProtocol). `handler_args=` would be wrong here:
     # AppRunner forwards unknown kwargs, and aiohttp then silently drops every custom handler setting.
     web_runner = EdgeRunner(
@@ -190,10 +307,28 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
         await web_runner.cleanup()
         print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
+    tls_site: web.TCPSite | None = None
+    if settings.tls_listen is not None:
+        tls_listen = settings.tls_listen
+        tls_site = web.TCPSite(
+            web_runner,
+            tls_listen.host,
+            tls_listen.port,
+            ssl_context=app[TLS_EDGE].listener_context(),
+            reuse_address=True,
+        )
+        try:
+            await tls_site.start()
+        except OSError as exc:
+            await web_runner.cleanup()
+            print(f"protogate: cannot listen on {tls_listen.host}:{tls_listen.port}: {exc.strerror}", file=sys.stderr)
+            return 1
     grpc_server: GrpcProxyServer | None = None
     if settings.grpc_listen is not None:
         # Read per call, so the listener follows the app's runtime (built by the app's cleanup_ctx in setup()).
-        grpc_server = GrpcProxyServer(lambda: app[RUNTIME], settings.grpc_listen.host, settings.grpc_listen.port)
+        grpc_server = GrpcProxyServer(
+            lambda: app[CONFIG_MANAGER].runtime, settings.grpc_listen.host, settings.grpc_listen.port
+        )
         try:
             await grpc_server.start()
         except OSError as exc:
@@ -206,22 +341,75 @@ async def _serve(loaded: LoadedConfig, host: str, port: int) -> int:
         await web_runner.cleanup()
         print(f"protogate: cannot serve metrics: {exc}", file=sys.stderr)
         return 1
+    manager = app[CONFIG_MANAGER]
+    if store is not None and snapshot is not None:
+        await manager.follow(store, snapshot)  # file edits, etcd events: applied as they come
+    admin_runner: web.AppRunner | None = None
+    if admin is not None:
+        admin_runner, admin_address, failure = await _start_admin(manager, admin, key)
+        if admin_runner is None:
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+            if grpc_server is not None:
+                await grpc_server.stop(None)
+            await web_runner.cleanup()
+            print(
+                f"protogate: cannot serve the Admin API on {admin.listen.host}:{admin.listen.port}: {failure}",
+                file=sys.stderr,
+            )
+            return 1
+        if generated:
+            print(f"protogate admin key (generated for this run, shown once): {key}", flush=True)
+        print(f"protogate {__version__} admin API on http://{admin_address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a SIGTERM right after it is graceful
         loop.add_signal_handler(sig, stop.set)
     if grpc_server is not None:
         print(f"protogate {__version__} grpc listening on {grpc_server.address}", flush=True)
+    if tls_site is not None:
+        print(f"protogate {__version__} listening on https://{_bound_address(tls_site)}", flush=True)
     bound = _bound_address(site)
     print(f"protogate {__version__} listening on http://{bound}", flush=True)
     await stop.wait()
     log.info("shutting down")
+    if admin_runner is not None:
+        await admin_runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     if grpc_server is not None:
         await grpc_server.stop(10.0)
     await web_runner.cleanup()
     return 0
+
+
+def _tls_edge(app: web.Application, loaded: LoadedConfig, settings: TlsListen) -> TlsEdge:
+    """The HTTPS listener's certificates, following the running config's `ssls` (and their files)."""
+    from gateway.tls_edge import TlsEdge
+
+    def current() -> tuple[list[Ssl], Path]:
+        manager = app.get(CONFIG_MANAGER)  # absent until the app's setup has built it
+        source = manager.loaded if manager is not None else loaded
+        return source.config.ssls, source.base_dir
+
+    edge = TlsEdge(current, settings)
+    if not loaded.config.ssls:
+        log.warning("tls_listen is set but there is no ssls object: HTTPS handshakes fail until one is added")
+    return edge
+
+
+async def _start_admin(manager: ConfigManager, admin: AdminSettings, key: str) -> tuple[web.AppRunner | None, str, str]:
+    from gateway.admin.api import build_admin_app
+
+    runner = web.AppRunner(build_admin_app(manager, admin, key), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, admin.listen.host, admin.listen.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        return None, "", exc.strerror or str(exc)
+    return runner, _bound_address(site), ""
 
 
 async def _cleanup_quietly(web_runner: EdgeRunner) -> None:

@@ -47,6 +47,8 @@ class RequestContext:
     upstream_override: Upstream | str | None = None
     # Global rules' chain, then the route's (merged with the consumer's once one is known).
     chains: tuple[PluginChain, ...] = ()
+    # The client certificate the TLS handshake verified (ssl.getpeercert()'s dict); None: none, or plain HTTP.
+    client_cert: dict[str, Any] | None = None
     _body: bytes | None = None
 
     async def read_body(self) -> bytes:

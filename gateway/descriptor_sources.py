@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import subprocess
 import sys
@@ -47,6 +48,11 @@ def load_descriptor_index(
             return DescriptorIndex.from_file(_resolve(base_dir, proto.descriptor_set))
         except TranscodeError as exc:
             raise SourceError("descriptor_set", exc.message) from None
+    if proto.descriptor_set_base64 is not None:
+        try:
+            return DescriptorIndex.from_bytes(base64.b64decode("".join(proto.descriptor_set_base64.split())))
+        except TranscodeError as exc:
+            raise SourceError("descriptor_set_base64", exc.message) from None
     if proto.proto_files is not None:
         return _compiled_index(proto, base_dir)
     return _reflected_index(proto, upstreams or {})

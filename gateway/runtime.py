@@ -159,7 +159,7 @@ class Runtime:
                 transcoder.timeout = route.timeout.read  # the route's read timeout is its unary calls' deadline
             # JSON is transcoded; gRPC-Web requests on the same route pass through as they are.
             return GrpcWebSwitch(GrpcWebTarget(client), transcoder)
-        if upstream.scheme == "grpc":
+        if upstream.is_grpc:
             return GrpcWebTarget(self._grpc_upstream(upstream))
         return HttpProxyTarget(self._http_upstream(upstream), self._route_timeouts.get(route_id), self.http_client_for)
 
@@ -167,13 +167,13 @@ class Runtime:
     def _grpc_upstream(self, upstream: Upstream) -> GrpcUpstream:
         client = self._grpc.get(id(upstream))
         if client is None:
-            client = self._grpc[id(upstream)] = GrpcUpstream(upstream)
+            client = self._grpc[id(upstream)] = GrpcUpstream(upstream, base_dir=self.loaded.base_dir)
         return client
 
     def _http_upstream(self, upstream: Upstream) -> HttpUpstream:
         client = self._http.get(id(upstream))
         if client is None:
-            client = self._http[id(upstream)] = HttpUpstream(upstream)
+            client = self._http[id(upstream)] = HttpUpstream(upstream, base_dir=self.loaded.base_dir)
         return client
 
     # traffic-split names an upstream by id or carries one inline; either gets a client on first use.

@@ -413,9 +413,11 @@ class _Pump:
     async def _run(self, feed: Coroutine[Any, Any, None]) -> None:
         try:
             await feed
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             pass  # the call ended first: its reader reports why
         except Exception as exc:
+            if type(exc).__module__.startswith("grpc"):
+                return  # grpc's own error for a write racing the call's end (the server failed): same as above
             self.error = exc
             self.call.cancel()
 

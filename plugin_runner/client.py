@@ -93,17 +93,23 @@ class RunnerClient:
         prepare_timeout: float = 5.0,
         max_prepared: int = 4096,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, object]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.prepare_timeout = prepare_timeout
         self.max_prepared = max_prepared
         self.epoch: str | None = None
-        options = [
+        options: list[tuple[str, object]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        self._channel = grpc.aio.insecure_channel(target, options=options)
+        options.extend(channel_options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:  # TLS to a runner on a TCP address
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.PluginRunnerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._prepared: OrderedDict[Hashable, PreparedConf] = OrderedDict()

@@ -37,6 +37,10 @@ PROTOCOL_VERSION = 1
 RUNNER_NAME = "protogate-python-runner"
 RUNNER_VERSION = "0.1.0"
 ADDRESS_ENV = "PROTOGATE_RUNNER_ADDRESS"
+# TLS on a TCP address: the runner's certificate and key (PEM files) and, for mutual TLS, the CA of its clients.
+TLS_CERT_ENV = "PROTOGATE_RUNNER_TLS_CERT"
+TLS_KEY_ENV = "PROTOGATE_RUNNER_TLS_KEY"
+TLS_CLIENT_CA_ENV = "PROTOGATE_RUNNER_TLS_CLIENT_CA"
 PARENT_PID_ENV = "PROTOGATE_PARENT_PID"
 CONF_EXPIRY_ENV = "PROTOGATE_CONF_EXPIRY"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -244,12 +248,23 @@ async def start_server(
         os.chmod(socket_path, 0o600)
         bound = f"unix:{socket_path}"
     else:
-        port = server.add_insecure_port(target)
+        credentials = _server_credentials()  # TLS when the environment names a certificate
+        port = server.add_insecure_port(target) if credentials is None else server.add_secure_port(target, credentials)
         bound = f"{target.rsplit(':', 1)[0]}:{port}"
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunnerServer(server, service, health_servicer, bound, socket_path)
+
+
+def _server_credentials() -> grpc.ServerCredentials | None:
+    cert, key = os.environ.get(TLS_CERT_ENV), os.environ.get(TLS_KEY_ENV)
+    if not cert or not key:
+        return None
+    client_ca = os.environ.get(TLS_CLIENT_CA_ENV)
+    root = Path(client_ca).read_bytes() if client_ca else None
+    pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
 
 
 async def _parent_gone(start_ppid: int, interval: float = 1.0) -> str:

@@ -23,7 +23,7 @@ CURLS = (
     f"curl -s -i {GATEWAY}/v1/shelves/999",
     f"curl -s -X POST {GATEWAY}/bookstore.v1.Bookstore/GetStats -d '{{}}'",
     f"curl -sN '{GATEWAY}/v1/shelves/1/books:stream?limit=3&interval_ms=500'",
-    f"curl -sN -X POST {GATEWAY}/v1/chat -d '{{\"text\": \"hi\"}}'",
+    f'curl -sN -X POST {GATEWAY}/v1/chat -d \'{{"text": "hi"}}\'',
 )
 
 

@@ -623,7 +623,9 @@ class ServedByInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(stream, **serializers)
 
 
-async def serve(host: str, port: int, name: str, grace: float) -> int:
+async def serve(
+    host: str, port: int, name: str, grace: float, tls: tuple[str, str] | None = None, client_ca: str | None = None
+) -> int:
     calls: Counter[str] = Counter()
     cancelled: Counter[str] = Counter()
     store = Store()
@@ -632,7 +634,15 @@ async def serve(host: str, port: int, name: str, grace: float) -> int:
     pb_grpc.add_BookstoreServicer_to_server(BookstoreService(store, name, calls, cancelled), server)
     address = f"[{host}]" if ":" in host else host
     try:
-        bound = server.add_insecure_port(f"{address}:{port}")
+        if tls is None:
+            bound = server.add_insecure_port(f"{address}:{port}")
+        else:  # TLS; with client_ca, clients must present a certificate signed by it (mutual TLS)
+            cert_pem, key_pem = (Path(path).read_bytes() for path in tls)
+            root = Path(client_ca).read_bytes() if client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(key_pem, cert_pem)], root_certificates=root, require_client_auth=root is not None
+            )
+            bound = server.add_secure_port(f"{address}:{port}", credentials)
     except RuntimeError as exc:
         bound = 0
         log.error("%s", exc)
@@ -657,13 +667,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one")
     parser.add_argument("--name", default="bookstore", help="sent as x-bookstore-served-by (default bookstore)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
+    parser.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="with --tls-cert: require client certificates signed by this CA")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(args.host, args.port, args.name, args.grace))
-    return uvloop.run(serve(args.host, args.port, args.name, args.grace))
+        return asyncio.run(serve(args.host, args.port, args.name, args.grace, tls, args.tls_client_ca))
+    return uvloop.run(serve(args.host, args.port, args.name, args.grace, tls, args.tls_client_ca))
 
 
 if __name__ == "__main__":

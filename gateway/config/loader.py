@@ -121,6 +121,8 @@ class _Checker:
         self.issues.extend(_unique_ids("upstreams", [u for u in config.upstreams if u.id]))
         self.issues.extend(_unique_ids("plugin_runners", config.plugin_runners, "name"))
         self.issues.extend(_missing_id(i) for i, u in enumerate(config.upstreams) if not u.id)
+        self.issues.extend(_unique_ids("ssls", config.ssls))
+        self._check_tls()
         seen_users: set[str] = set()
         for index, consumer in enumerate(config.consumers):
             if consumer.username in seen_users:
@@ -203,6 +205,39 @@ class _Checker:
             self.issues.append(ConfigIssue(f"{where}.{field_name}", _no("upstream", upstream_id)))
             return None
         return next(u for u in self.config.upstreams if u.id == upstream_id)
+
+    def _check_tls(self) -> None:
+        """Certificates, keys and CAs are read and cross-checked now: a bad one refuses the whole document."""
+        # Imported here: the TLS modules import config.models, and this package imports the loader.
+        from gateway.tls import TlsMaterialError, client_tls_of
+        from gateway.tls_edge import ssl_issues
+
+        config = self.config
+        served: dict[str, str] = {}
+        for index, ssl_object in enumerate(config.ssls):
+            where = f"ssls[{index}]"
+            self.issues.extend(ConfigIssue(f"{where}.{f}", m) for f, m in ssl_issues(ssl_object, self.base_dir))
+            for sni in ssl_object.snis:
+                if sni in served:
+                    message = f"{sni!r} is served by ssl {served[sni]!r} already"
+                    self.issues.append(ConfigIssue(f"{where}.snis", message))
+                served.setdefault(sni, ssl_object.id)
+        tls_listen = config.gateway.tls_listen
+        if tls_listen is not None and tls_listen.fallback_sni is not None and config.ssls:
+            name = tls_listen.fallback_sni.lower()
+            if name not in served and f"*.{name.partition('.')[2]}" not in served:
+                self.issues.append(ConfigIssue("gateway.tls_listen.fallback_sni", f"no ssl object serves {name!r}"))
+        blocks = [(f"upstreams[{i}].tls", u.tls) for i, u in enumerate(config.upstreams)]
+        blocks += [(f"routes[{i}].upstream.tls", r.upstream.tls) for i, r in enumerate(config.routes) if r.upstream]
+        blocks += [(f"services[{i}].upstream.tls", s.upstream.tls) for i, s in enumerate(config.services) if s.upstream]
+        blocks += [(f"plugin_runners[{i}].tls", r.tls) for i, r in enumerate(config.plugin_runners)]
+        for where, block in blocks:
+            if block is None:
+                continue
+            try:
+                client_tls_of(block, self.base_dir)
+            except TlsMaterialError as exc:
+                self.issues.append(ConfigIssue(f"{where}.{exc.field}", exc.message))
 
     def _load_protos(self) -> dict[str, DescriptorIndex]:
         # Imported here: descriptor_sources imports config.models, and this package imports the loader.
@@ -327,8 +362,8 @@ def _check_transcode(
     where: str, upstream: Upstream | None, transcode: Any, protos: dict[str, DescriptorIndex], config: Config
 ) -> Iterator[ConfigIssue]:
     at = f"{where}.plugins.grpc-transcode"
-    if upstream is not None and upstream.scheme != "grpc":
-        yield ConfigIssue(f"{where}.upstream", "grpc-transcode needs an upstream with scheme grpc")
+    if upstream is not None and not upstream.is_grpc:
+        yield ConfigIssue(f"{where}.upstream", "grpc-transcode needs an upstream with scheme grpc or grpcs")
     if transcode.proto_id not in {p.id for p in config.protos}:
         yield ConfigIssue(f"{at}.proto_id", _no("proto", transcode.proto_id))
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -49,10 +51,30 @@ def _parse_listen(value: Any) -> Any:
     return value
 
 
+class Hsts(Model):
+    """Strict-Transport-Security on every answer over HTTPS (APISIX has no built-in for it)."""
+
+    max_age: int = Field(default=31536000, ge=0)  # seconds
+    include_subdomains: bool = False
+    preload: bool = False
+
+
+class TlsListen(Model):
+    """The HTTPS listener: certificates come from the `ssls` objects, chosen per connection by SNI."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9443, ge=0, le=65535)
+    # Clients without SNI (or with an unknown name) get the ssl object that lists this name; None: the first one.
+    fallback_sni: str | None = None
+    hsts: Hsts | None = None
+
+
 class GatewaySettings(Model):
     """Process-wide settings (APISIX's config.yaml `apisix:` block, kept in the same file)."""
 
     listen: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress()
+    # HTTPS beside `listen`; None: no HTTPS listener.
+    tls_listen: Annotated[TlsListen | None, BeforeValidator(_parse_listen)] = None
     # The native gRPC listener (h2c): every call proxied by route; None serves no native gRPC.
     grpc_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None
     client_max_body_size: ByteSize = 1024 * 1024
@@ -170,10 +192,28 @@ class KeepalivePool(Model):
 HashOn = Literal["vars", "header", "cookie", "consumer", "vars_combinations"]
 
 
+class UpstreamTls(Model):
+    """TLS to the nodes (scheme https or grpcs). Paths are relative to the config file; PEM may be inline."""
+
+    ca: str | None = Field(default=None, min_length=1)  # None: the system's trust store
+    client_cert: str | None = Field(default=None, min_length=1)  # mutual TLS to the backend
+    client_key: str | None = Field(default=None, min_length=1, repr=False)
+    key_passphrase_env: str | None = Field(default=None, min_length=1)  # environment variable with the passphrase
+    server_name: str | None = Field(default=None, min_length=1)  # checked in the certificate; None: the node's host
+    verify: bool = True  # false is logged when the upstream is built (https only; gRPC always verifies)
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> UpstreamTls:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        return self
+
+
 class Upstream(Model):
     id: str = Field(default="", pattern=r"^$|" + _ID)
     name: str | None = None
-    scheme: Literal["http", "grpc"] = "http"
+    scheme: Literal["http", "https", "grpc", "grpcs"] = "http"
+    tls: UpstreamTls | None = None  # for https and grpcs; None: verify against the system's CAs
     type: Literal["roundrobin", "chash", "least_conn", "ewma"] = "roundrobin"
     # chash: what the key is read from; `key` is a variable name (vars), a header or cookie name,
     # or a `$var` template (vars_combinations); ignored for hash_on consumer.
@@ -197,9 +237,17 @@ class Upstream(Model):
         if self.type == "chash" and self.hash_on != "consumer":
             _check_hash_key(self.hash_on, self.key)
         active = self.checks.active if self.checks is not None else None
-        if active is not None and active.type == "grpc" and self.scheme != "grpc":
-            raise ValueError("grpc health checks need an upstream with scheme grpc")
+        if active is not None and active.type == "grpc" and not self.is_grpc:
+            raise ValueError("grpc health checks need an upstream with scheme grpc or grpcs")
+        if self.tls is not None and self.scheme not in ("https", "grpcs"):
+            raise ValueError("tls applies to scheme https or grpcs")
+        if self.tls is not None and self.scheme == "grpcs" and not self.tls.verify:
+            raise ValueError("grpcs always verifies the backend's certificate: give its CA in tls.ca instead")
         return self
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.scheme in ("grpc", "grpcs")
 
 
 def _check_hash_key(hash_on: str, key: str) -> None:
@@ -356,13 +404,30 @@ class Proto(Model):
         default_factory=list, description="import roots for proto_files (default: the config file's directory)"
     )
     reflection: ReflectionSource | None = None
+    # A FileDescriptorSet carried in the document itself (the Admin API's upload; stored with the resource).
+    descriptor_set_base64: str | None = Field(
+        default=None, min_length=1, description="a FileDescriptorSet, base64-encoded (RFC 4648, standard alphabet)"
+    )
+
+    @field_validator("descriptor_set_base64")
+    @classmethod
+    def _check_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode("".join(value.split()), validate=True)
+            except ValueError:
+                raise ValueError("not valid base64") from None
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Proto:
-        given = [name for name in ("descriptor_set", "proto_files", "reflection") if getattr(self, name) is not None]
+        sources = ("descriptor_set", "descriptor_set_base64", "proto_files", "reflection")
+        given = [name for name in sources if getattr(self, name) is not None]
         if len(given) != 1:
             found = f" (found {' and '.join(given)})" if given else ""
-            raise ValueError(f"give exactly one of descriptor_set, proto_files and reflection{found}")
+            raise ValueError(
+                f"give exactly one of descriptor_set, descriptor_set_base64, proto_files and reflection{found}"
+            )
         if self.include_dirs and self.proto_files is None:
             raise ValueError("include_dirs only applies to proto_files")
         return self
@@ -419,6 +484,22 @@ class TelemetrySettings(Model):
     access_log: AccessLogSettings = AccessLogSettings()
 
 
+class RunnerTls(Model):
+    """TLS to a runner on a TCP address: the CA that signed its certificate and the gateway's client certificate."""
+
+    ca: str | None = Field(default=None, min_length=1)  # None: the system's trust store
+    client_cert: str | None = Field(default=None, min_length=1)
+    client_key: str | None = Field(default=None, min_length=1, repr=False)
+    key_passphrase_env: str | None = Field(default=None, min_length=1)
+    server_name: str | None = Field(default=None, min_length=1)  # None: the address's host
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> RunnerTls:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        return self
+
+
 class PluginRunner(Model):
     """An external plugin runner: a process the gateway starts and supervises, or (dev) one started by hand."""
 
@@ -433,6 +514,7 @@ class PluginRunner(Model):
     start_timeout: float = Field(default=10.0, gt=0)  # seconds to answer SERVING after a (re)start
     conf_expiry: float = Field(default=0.0, ge=0)  # PROTOGATE_CONF_EXPIRY: idle tokens may be forgotten; 0: never
     max_restart_delay: float = Field(default=10.0, gt=0)  # cap of the exponential restart backoff, seconds
+    tls: RunnerTls | None = None  # only for a HOST:PORT address
 
     @field_validator("address")
     @classmethod
@@ -454,11 +536,108 @@ class PluginRunner(Model):
             raise ValueError("a dev runner needs the address it was started on")
         if not self.dev and self.cmd is None:
             raise ValueError("give cmd (the runner's argv), or set dev: true for a runner started by hand")
+        if self.tls is not None and (self.address is None or self.address.startswith("unix:")):
+            raise ValueError("tls needs a HOST:PORT address (a unix socket needs no TLS)")
         return self
+
+
+class StoreSettings(Model):
+    """Where the resources live. standalone: this file (read-only Admin API, watched); file: a data file the
+    Admin API owns; etcd: a cluster's shared store."""
+
+    type: Literal["standalone", "file", "etcd"] = "standalone"
+    path: str | None = Field(default=None, min_length=1)  # file: the data file, relative to the config file
+    endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"], min_length=1)  # etcd
+    prefix: str = "/protogate"  # etcd: every key lives under it
+    timeout: float = Field(default=5.0, gt=0)  # etcd: seconds per request
+    username: str | None = None  # etcd auth (with password)
+    password: str | None = Field(default=None, repr=False)
+    poll_interval: float = Field(default=1.0, gt=0)  # standalone and file: seconds between checks of the file
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> StoreSettings:
+        if self.type == "file" and self.path is None:
+            raise ValueError("a file store needs path (the data file the Admin API writes)")
+        if self.type != "file" and self.path is not None:
+            raise ValueError("path only applies to type: file")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+def _parse_cidr(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP address or CIDR: {value!r}") from None
+    return value
+
+
+class AdminSettings(Model):
+    """The Admin API: its own listener, an admin key on every call, callers limited to allow_admin."""
+
+    listen: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress(host="127.0.0.1", port=9180)
+    # Compared in constant time. None: refused on a non-loopback listen; generated and printed once on loopback.
+    key: str | None = Field(default=None, min_length=8, repr=False)
+    # Socket peers allowed to call (forwarded headers never count); APISIX's default is loopback only.
+    allow_admin: list[Annotated[str, BeforeValidator(_parse_cidr)]] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+
+
+_SNI = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class SslClient(Model):
+    """Mutual TLS: clients of these SNIs must present a certificate signed by `ca`."""
+
+    ca: str = Field(min_length=1)  # PEM or a path relative to the config file
+    depth: int = Field(default=1, ge=0, le=16)  # intermediates allowed between the client's certificate and ca
+    # Paths (regexes, matched against the normalised path) served without a client certificate.
+    skip_mtls_uri_regex: list[str] = Field(default_factory=list)
+
+    @field_validator("skip_mtls_uri_regex")
+    @classmethod
+    def _check_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regex: {pattern!r}: {exc}") from None
+        return value
+
+
+class Ssl(Model):
+    """A certificate of the HTTPS listener, chosen by SNI (APISIX's ssl object)."""
+
+    id: str = Field(pattern=_ID)
+    cert: str = Field(min_length=1)  # PEM or a path: the leaf first, then intermediates
+    key: str = Field(min_length=1, repr=False)  # PEM or a path
+    key_passphrase_env: str | None = Field(default=None, min_length=1)  # environment variable with the passphrase
+    snis: list[str] = Field(min_length=1)  # host names; "*.example.com" matches one label
+    client: SslClient | None = None
+
+    @field_validator("snis", mode="before")
+    @classmethod
+    def _lower_snis(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [s.lower().rstrip(".") if isinstance(s, str) else s for s in value]
+        return value
+
+    @field_validator("snis")
+    @classmethod
+    def _check_snis(cls, value: list[str]) -> list[str]:
+        for sni in value:
+            if not _SNI.match(sni):
+                raise ValueError(f"not a host name or *.wildcard: {sni!r}")
+        return value
 
 
 class Config(Model):
     gateway: GatewaySettings = GatewaySettings()
+    store: StoreSettings = StoreSettings()
+    admin: AdminSettings | None = None  # None: no Admin API
     routes: list[Route] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
     upstreams: list[Upstream] = Field(default_factory=list)
@@ -469,3 +648,4 @@ class Config(Model):
     protos: list[Proto] = Field(default_factory=list)
     telemetry: TelemetrySettings = TelemetrySettings()
     plugin_runners: list[PluginRunner] = Field(default_factory=list)
+    ssls: list[Ssl] = Field(default_factory=list)

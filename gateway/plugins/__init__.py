@@ -17,6 +17,7 @@ from gateway.plugins.key_auth import KeyAuth
 from gateway.plugins.limit_conn import LimitConn
 from gateway.plugins.limit_count import LimitCount
 from gateway.plugins.limit_req import LimitReq
+from gateway.plugins.mtls_auth import MtlsAuth
 from gateway.plugins.opentelemetry import OpenTelemetry
 from gateway.plugins.prometheus import Prometheus
 from gateway.plugins.proxy_cache import ProxyCache
@@ -30,6 +31,7 @@ from gateway.plugins.traffic_split import TrafficSplit
 BUILTIN_PLUGINS: tuple[type[Plugin], ...] = (
     GrpcTranscode,
     KeyAuth,
+    MtlsAuth,
     IpRestriction,
     LimitConn,
     LimitCount,

@@ -13,11 +13,12 @@ from pydantic import Field
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin
-from gateway.plugins.limit_keys import MAX_KEYS, LimitConfig, LimitKey, refusal
+from gateway.plugins.limit_count_redis import RedisLimitConfig, RedisWindowCounter
+from gateway.plugins.limit_keys import MAX_KEYS, LimitKey, refusal
 from gateway.responses import ProxyResponse, Reply
 
 
-class LimitCountConfig(LimitConfig):
+class LimitCountConfig(RedisLimitConfig):
     count: int = Field(gt=0)
     time_window: int = Field(gt=0)  # seconds
     # Routes naming the same group (with the same count and time_window) share one counter.
@@ -85,12 +86,22 @@ class LimitCount(Plugin[LimitCountConfig]):
             self.counter = counter
         else:
             self.counter = WindowCounter(config.count, config.time_window)
+        # policy redis / redis-cluster: the counters live in Redis, shared by every gateway node.
+        self.redis: RedisWindowCounter | None = None
+        if config.policy != "local":
+            self.redis = RedisWindowCounter(config, config.count, config.time_window, config.group)
         self._var = f"limit-count#{id(self)}"
 
     async def access(self, ctx: RequestContext) -> Reply | None:
         config = self.config
         key = self.key(ctx)
-        allowed, remaining, reset = self.counter.take(key)
+        if self.redis is None:
+            allowed, remaining, reset = self.counter.take(key)
+        else:
+            taken = await self.redis.take(ctx.route_id, key)
+            if taken is None:  # Redis is away and allow_degradation lets the request through uncounted
+                return None
+            allowed, remaining, reset = taken
         headers = {}
         if config.show_limit_quota_header:
             headers = {

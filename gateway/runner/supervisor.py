@@ -106,7 +106,19 @@ class RunnerSupervisor:
     # -- processes ----------------------------------------------------------------------------------------------
 
     def _new_client(self) -> RunnerClient:
-        return RunnerClient(self.address, timeout=1.0, prepare_timeout=max(1.0, self.config.start_timeout))
+        credentials, options = None, ()
+        if self.config.tls is not None:
+            from gateway.tls import client_tls_of
+
+            tls = client_tls_of(self.config.tls, self.base_dir)  # checked at load
+            credentials, options = tls.grpc_credentials(), tls.grpc_options()
+        return RunnerClient(
+            self.address,
+            timeout=1.0,
+            prepare_timeout=max(1.0, self.config.start_timeout),
+            credentials=credentials,
+            channel_options=options,
+        )
 
     def _plugin_names(self) -> str:
         return ", ".join(p.name for p in self.described.plugins) if self.described else "-"

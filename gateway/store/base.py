@@ -17,7 +17,15 @@ RESOURCE_KINDS: tuple[str, ...] = (
     "global_rules",
     "protos",
     "plugin_runners",
+    "ssls",  # certificates of the HTTPS listener: a change serves new connections without a restart
 )
+
+# The field that names an object of each kind; `id` unless listed (as in the config document).
+ID_FIELDS: dict[str, str] = {"consumers": "username", "plugin_runners": "name"}
+
+
+def id_field(kind: str) -> str:
+    return ID_FIELDS.get(kind, "id")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class StoredObject:
     id: str
     value: dict[str, Any]
     revision: int  # changes on every write of this object; If-Match compares it
+    created_revision: int = 0  # the store's revision when the object was created; 0: the store does not say
 
 
 @dataclass(frozen=True)

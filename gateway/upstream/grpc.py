@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from gateway import __version__
 from gateway.config.models import Upstream
+from gateway.tls import ClientTls, client_tls_of
 from gateway.upstream.node_state import NodeSet
 
 if TYPE_CHECKING:
     from collections.abc import Collection
 
     from gateway.context import RequestContext
-
 _CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.primary_user_agent", f"protogate/{__version__}"),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -71,14 +72,12 @@ class GrpcNode:
 class GrpcUpstream:
     """The nodes of one gRPC upstream; must be built inside the running event loop."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, *, base_dir: Path = Path()) -> None:
         self.upstream = upstream
+        # grpcs: read and checked at load already; read again here so a reload picks up renewed files.
+        tls = client_tls_of(upstream.tls, base_dir) if upstream.scheme == "grpcs" else None
         self.nodes = [
-            GrpcNode(
-                address=f"{node.host}:{node.port}",
-                channel=grpc.aio.insecure_channel(_target(node.host, node.port), options=_CHANNEL_OPTIONS),
-                calls={},
-            )
+            GrpcNode(address=f"{node.host}:{node.port}", channel=_channel(node.host, node.port, tls), calls={})
             for node in upstream.nodes
         ]
         # Balancing and health (shared with HTTP upstreams); node_set.states[i] is self.nodes[i].
@@ -95,6 +94,13 @@ class GrpcUpstream:
         await self.node_set.close()
         for node in self.nodes:
             await node.channel.close()
+
+
+def _channel(host: str, port: int, tls: ClientTls | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(_target(host, port), options=_CHANNEL_OPTIONS)
+    options = _CHANNEL_OPTIONS + tls.grpc_options()
+    return grpc.aio.secure_channel(_target(host, port), tls.grpc_credentials(), options=options)
 
 
 def _target(host: str, port: int) -> str:

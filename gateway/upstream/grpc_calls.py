@@ -9,6 +9,7 @@ memory, so any node can be sent it again. One deadline covers every attempt.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from gateway.telemetry import start_upstream_call
+from gateway.tls import tls_failure
 from transcoder.status import Code, http_status_from_code
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from gateway.upstream.node_state import NodeSet, NodeState
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+log = logging.getLogger("protogate.upstream.grpc")
 
 # What grpc-core says when a channel could not connect: the request never left the gateway.
 _NOT_SENT = ("failed to connect to all addresses", "failed to connect to remote host", "connections to all backends")
@@ -108,6 +112,8 @@ def _retryable(code: grpc.StatusCode, repeatable: bool, sent: bool) -> bool:
 def _report(nodes: NodeSet, state: NodeState, err: grpc.aio.AioRpcError, sent: bool) -> None:
     code = err.code()
     if not sent:
+        if tls_failure(err.details() or ""):  # a certificate problem is a config problem: say which
+            log.warning("upstream node %s: TLS handshake failed: %s", state.address, err.details())
         nodes.report_failure(state, "tcp")
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         nodes.report_failure(state, "timeout")

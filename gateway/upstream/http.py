@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +18,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, to_gateway_error
 from gateway.responses import ProxyResponse
 from gateway.telemetry import start_upstream_call, trace_headers
+from gateway.tls import client_tls_of
 from gateway.upstream.node_state import NodeSet
 
 log = logging.getLogger("protogate.upstream.http")
@@ -76,12 +79,23 @@ def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
 class HttpUpstream:
     """The nodes of one HTTP upstream; must be built inside the running event loop."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, *, base_dir: Path = Path()) -> None:
         self.upstream = upstream
         pool = upstream.keepalive_pool
         self._timeout = _client_timeout(upstream.timeout)
+        self._scheme = "https" if upstream.scheme == "https" else "http"
+        self._server_name: str | None = None
+        ssl_context: ssl.SSLContext | bool = True
+        if upstream.scheme == "https":
+            # Read and checked at load already; read again here so a reload picks up renewed files.
+            tls = client_tls_of(upstream.tls, base_dir)
+            ssl_context = tls.ssl_context()
+            self._server_name = tls.server_name
+            if not tls.verify:
+                log.warning("upstream %s: TLS certificates are NOT verified (tls.verify: false)", _name(upstream))
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
+                ssl=ssl_context,
                 limit=0,
                 ttl_dns_cache=60,
                 enable_cleanup_closed=True,
@@ -131,7 +145,7 @@ class HttpUpstream:
                 upstream.retry_timeout <= 0 or time.monotonic() - first_try < upstream.retry_timeout
             )
             url = URL.build(
-                scheme="http", host=node.host, port=node.port, path=ctx.path, query_string=ctx.query, encoded=True
+                scheme=self._scheme, host=node.host, port=node.port, path=ctx.path, query_string=ctx.query, encoded=True
             )
             started = nodes.acquire(state)
             upstream_call = start_upstream_call(ctx, "http", str(url), state.address)
@@ -144,6 +158,7 @@ class HttpUpstream:
                     allow_redirects=False,
                     compress=None,
                     timeout=client_timeout,
+                    server_hostname=self._server_name,
                 )
             except GatewayError:
                 nodes.release(state, started, ok=True)  # the client's body was refused, not the node
@@ -208,6 +223,10 @@ class HttpUpstream:
             headers["Host"] = node_host(node)
         trace_headers(ctx, headers)  # the gateway's trace context replaces the client's, when traced
         return headers
+
+
+def _name(upstream: Upstream) -> str:
+    return upstream.id or upstream.name or "(inline)"
 
 
 def node_host(node: Node) -> str:

@@ -314,7 +314,12 @@ def test_bidi_over_http_error_midway(gateway: Gateway) -> None:
         conn.close()
     assert status == 200
     assert lines[0]["result"]["text"] == "anonymous said: hello"
-    assert lines[-1]["error"]["code"] == 9 and len(lines) == 2
+    assert len(lines) == 2, lines
+    error = lines[-1]["error"]
+    # The backend fails the call with FAILED_PRECONDITION (9). When the gateway's write of the next line
+    # races the backend's status, grpc-core reports its own INTERNAL (13) "Internal error from Core"
+    # instead: a known grpc.aio behaviour. Either way the client gets one error line and nothing after it.
+    assert error["code"] == 9 or (error["code"] == 13 and "from Core" in error["message"]), error
 
 
 # --- WebSocket -----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import hashlib
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -144,10 +145,10 @@ def build_app(name: str) -> web.Application:
     return app
 
 
-async def serve(port: int, name: str) -> None:
+async def serve(port: int, name: str, tls: ssl.SSLContext | None = None) -> None:
     runner = web.AppRunner(build_app(name), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls)
     await site.start()
     server = site._server  # aiohttp exposes no public accessor for the bound socket
     assert server is not None
@@ -165,8 +166,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="upstream")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (with --tls-key)")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.name))
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            tls.load_verify_locations(args.tls_client_ca)
+            tls.verify_mode = ssl.CERT_REQUIRED
+    asyncio.run(serve(args.port, args.name, tls))
     return 0
 
 

@@ -91,7 +91,7 @@ def test_unknown_plugin_and_bad_plugin_field(proto_file: Path) -> None:
 def test_transcode_needs_a_grpc_upstream(proto_file: Path) -> None:
     doc = document(proto_file)
     doc["upstreams"][0]["scheme"] = "http"
-    assert "routes[0].upstream: grpc-transcode needs an upstream with scheme grpc" in issues(doc)
+    assert "routes[0].upstream: grpc-transcode needs an upstream with scheme grpc or grpcs" in issues(doc)
 
 
 def test_duplicate_ids(proto_file: Path) -> None:

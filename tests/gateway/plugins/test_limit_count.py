@@ -29,8 +29,20 @@ class Clock:
         ({"count": 1, "time_window": 1, "rejected_code": 600}, "rejected_code"),
         ({"count": 1, "time_window": 1, "rejected_msg": ""}, "rejected_msg"),
         ({"count": 1, "time_window": 1, "key_type": "header"}, "key_type"),
-        ({"count": 1, "time_window": 1, "policy": "redis-cluster"}, "policy"),
-        ({"count": 1, "time_window": 1, "redis_host": "x"}, "redis_host"),
+        ({"count": 1, "time_window": 1, "policy": "memcached"}, "policy"),
+        ({"count": 1, "time_window": 1, "policy": "redis"}, "redis_host"),
+        ({"count": 1, "time_window": 1, "policy": "redis", "redis_host": "h", "redis_timeout": 0}, "redis_timeout"),
+        ({"count": 1, "time_window": 1, "policy": "redis-cluster", "redis_cluster_name": "c"}, "redis_cluster_nodes"),
+        ({"count": 1, "time_window": 1, "policy": "redis-cluster", "redis_cluster_nodes": []}, "redis_cluster_nodes"),
+        (
+            {"count": 1, "time_window": 1, "policy": "redis-cluster", "redis_cluster_nodes": ["h"]},
+            "redis_cluster_nodes",
+        ),
+        (
+            {"count": 1, "time_window": 1, "policy": "redis-cluster", "redis_cluster_nodes": ["h:1"]},
+            "redis_cluster_name",
+        ),
+        ({"count": 1, "time_window": 1, "redis_hostname": "x"}, "redis_hostname"),
     ],
 )
 def test_config_refuses_bad_input(config: dict[str, object], path: str) -> None:
@@ -41,6 +53,28 @@ def test_config_accepts_apisix_example() -> None:
     assert (
         config_issues("limit-count", {"count": 2, "time_window": 60, "rejected_code": 429, "key": "remote_addr"}) == {}
     )
+
+
+def test_config_accepts_apisix_redis_examples() -> None:
+    redis = {
+        "policy": "redis",
+        "redis_host": "127.0.0.1",
+        "redis_port": 6379,
+        "redis_password": "pw",
+        "redis_database": 1,
+        "redis_timeout": 1001,
+        "redis_ssl": True,
+    }
+    cluster = {
+        "policy": "redis-cluster",
+        "redis_cluster_nodes": ["127.0.0.1:5000", "[::1]:5001"],
+        "redis_cluster_name": "redis-cluster-1",
+        "redis_timeout": 500,
+    }
+    for fields in (redis, cluster):
+        assert config_issues("limit-count", {"count": 2, "time_window": 60, **fields}) == {}
+    # APISIX ignores redis fields under the local policy; so does a config copied from it.
+    assert config_issues("limit-count", {"count": 2, "time_window": 60, "redis_host": "127.0.0.1"}) == {}
 
 
 def make(clock: Clock, **fields: object) -> LimitCount:

@@ -24,9 +24,12 @@ def test_unknown_variables_are_refused_at_load(key_type: str, key: str) -> None:
     assert list(issues) == ["routes[0].plugins.limit-count"]
 
 
-def test_redis_policy_says_it_arrives_with_cluster_mode() -> None:
-    issues = config_issues("limit-count", {"count": 1, "time_window": 1, "policy": "redis"})
-    assert "arrives with cluster mode" in issues["routes[0].plugins.limit-count.policy"]
+@pytest.mark.parametrize("plugin", ["limit-req", "limit-conn"])
+@pytest.mark.parametrize("policy", ["redis", "redis-cluster"])
+def test_redis_policies_are_limit_counts_alone_so_far(plugin: str, policy: str) -> None:
+    config = {"rate": 1, "burst": 0} if plugin == "limit-req" else {"conn": 1, "burst": 0, "default_conn_delay": 0.1}
+    issues = config_issues(plugin, {**config, "policy": policy})
+    assert "limit-count has it" in issues[f"routes[0].plugins.{plugin}.policy"]
 
 
 def test_defaults_follow_apisix() -> None:
