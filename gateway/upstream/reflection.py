@@ -226,6 +226,10 @@ def digest(file_set: bytes) -> str:
 OnChange = Callable[[DescriptorIndex], None]
 
 
+_RETRY_FIRST = 0.5  # seconds before the first retry of a failed refresh
+_RETRY_MAX = 10.0
+
+
 class ReflectionWatcher:
     """Re-fetch a backend's descriptors every `interval` seconds and when a node reconnects.
 
@@ -334,11 +338,19 @@ class ReflectionWatcher:
         raise ReflectionError("; ".join(failures))
 
     async def _run(self) -> None:
+        retry = _RETRY_FIRST
         while True:
+            # After a failed fetch, try again soon (doubling) even without a periodic interval: a node
+            # that came back may answer a moment after it reports READY, and no other event would come.
+            if self._failing:
+                timeout: float | None = min(retry, self.interval) if self.interval else retry
+            else:
+                timeout = self.interval or None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval or None)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             self._wake.clear()
             await self.refresh()
+            retry = min(retry * 2, _RETRY_MAX) if self._failing else _RETRY_FIRST
 
     async def _watch_connectivity(self, channel: grpc.aio.Channel) -> None:
         # A node that comes back (restart, redeploy) may serve other services: fetch when it is READY again.
