@@ -18,6 +18,7 @@ from gateway.grpc_web import as_grpc_web
 from gateway.keys import CONFIG_MANAGER, CONFIG_SETTINGS, LOADED_CONFIG, RUNTIME, TELEMETRY, TLS_EDGE
 from gateway.paths import normalize_path, split_target
 from gateway.pipeline import run_log_phase, run_request_phases, run_response_phases
+from gateway.plugins.limit_count_redis import close_connections as close_redis_connections
 from gateway.reload import ConfigManager
 from gateway.responses import ProxyResponse
 from gateway.runner.pool import RUNNER_POOL
@@ -168,3 +169,4 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CONFIG_MANAGER] = manager
     yield
     await manager.close()  # the current runtime, and replaced ones still draining
+    await close_redis_connections()  # shared by every runtime's limiters, so closed once, last
