@@ -132,6 +132,20 @@ async def admin_put(gateway: Gateway, kind: str, obj_id: str, body: dict[str, An
         assert response.status in (200, 201), await response.text()
 
 
+async def admin_put_when_back(gateway: Gateway, kind: str, obj_id: str, body: dict[str, Any]) -> None:
+    """admin_put, retried while the store answers 503 (etcd just came back), within a deadline."""
+    deadline = time.monotonic() + 10
+    async with aiohttp.ClientSession() as session:
+        while True:
+            url = f"http://{admin_url(gateway)}/protogate/admin/{kind}/{obj_id}"
+            async with session.put(url, json=body, headers={"X-API-KEY": ADMIN_KEY}) as response:
+                if response.status in (200, 201):
+                    return
+                text = await response.text()
+            assert response.status == 503 and time.monotonic() < deadline, text
+            await asyncio.sleep(0.1)
+
+
 async def until_served(gateways: list[Gateway], host: str, timeout: float) -> float:
     """Seconds until every gateway answers `host` with 200."""
     started = time.monotonic()
@@ -166,6 +180,7 @@ async def test_both_nodes_keep_serving_while_etcd_is_away(
         await asyncio.sleep(0.2)
     etcd_server.start()  # same port and data: the watches resume from the revision they had
     await asyncio.sleep(0.5)
-    await admin_put(node_a, "routes", "r2", {"uri": "/*", "host": "after.test", "upstream_id": "echo"})
+    # The node's etcd channel may still be in its reconnect backoff: its first write can get a fast 503.
+    await admin_put_when_back(node_a, "routes", "r2", {"uri": "/*", "host": "after.test", "upstream_id": "echo"})
     await until_served([node_a, node_b], "after.test", timeout=5.0)
     assert await statuses([node_a, node_b], "before.test", 2) == [200, 200]
