@@ -108,3 +108,17 @@ def start_gateway(config_path: Path) -> Gateway:
 
 
 GatewayFactory = Callable[[dict[str, Any]], Gateway]
+
+
+HTTP_UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
+
+
+def start_http_upstream(name: str) -> tuple[Process, int]:
+    """The real HTTP upstream (tests/servers/http_upstream.py) on an OS-picked port, answering as `name`."""
+    process = start([str(BIN / "python"), str(HTTP_UPSTREAM_SCRIPT), "--port", "0", "--name", name])
+    try:
+        line = process.wait_for("http upstream listening on")
+    except BaseException:
+        process.stop()
+        raise
+    return process, int(line.rsplit(":", 1)[1])

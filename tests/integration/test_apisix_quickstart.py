@@ -11,22 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from gateway_harness import Client, Gateway, start_gateway
-from processes import BIN, REPO, Process, start
+from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
 
-UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
 # One request a second per consumer, none queued: the second request within a second is refused.
 LIMIT_REQ = {"rate": 1, "burst": 0, "key": "consumer_name", "rejected_code": 429}
-
-
-def start_upstream() -> tuple[Process, int]:
-    process = start([str(BIN / "python"), str(UPSTREAM_SCRIPT), "--port", "0", "--name", "quickstart"])
-    try:
-        line = process.wait_for("http upstream listening on")
-    except BaseException:
-        process.stop()
-        raise
-    return process, int(line.rsplit(":", 1)[1])
 
 
 def config(upstream_port: int, bookstore_port: int, descriptor_set: Path) -> dict[str, Any]:
@@ -71,7 +59,7 @@ def config(upstream_port: int, bookstore_port: int, descriptor_set: Path) -> dic
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Gateway]:
-    upstream, port = start_upstream()
+    upstream, port = start_http_upstream("quickstart")
     path = tmp_path_factory.mktemp("apisix-quickstart") / "gateway.yaml"
     path.write_text(yaml.safe_dump(config(port, bookstore, bookstore_descriptor_set)))
     try:

@@ -13,21 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from gateway_harness import Client, Gateway, start_gateway
-from processes import BIN, REPO, Process, start
+from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
+from processes import BIN
 
-UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
 TRANSCODE = {"grpc-transcode": {"proto_id": "bookstore", "service": "bookstore.v1.Bookstore"}}
-
-
-def start_upstream() -> tuple[Process, int]:
-    process = start([str(BIN / "python"), str(UPSTREAM_SCRIPT), "--port", "0", "--name", "plugin-config"])
-    try:
-        line = process.wait_for("http upstream listening on")
-    except BaseException:
-        process.stop()
-        raise
-    return process, int(line.rsplit(":", 1)[1])
 
 
 def set_headers(**headers: str) -> dict[str, Any]:
@@ -164,7 +153,7 @@ def config(upstream_port: int, bookstore_port: int, descriptor_set: Path) -> dic
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Gateway]:
-    upstream, port = start_upstream()
+    upstream, port = start_http_upstream("plugin-config")
     path = tmp_path_factory.mktemp("plugin-config") / "gateway.yaml"
     path.write_text(yaml.safe_dump(config(port, bookstore, bookstore_descriptor_set)))
     try:

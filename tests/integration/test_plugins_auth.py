@@ -16,10 +16,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_harness import Client, Gateway, start_gateway
-from processes import BIN, REPO, Process, start
+from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
 
-UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
 SECRET = "jack-shares-this-secret-with-the-gw"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA_PUBLIC = (
@@ -28,16 +26,6 @@ RSA_PUBLIC = (
     .decode()
 )
 CHALLENGE = 'Basic realm="protogate"'
-
-
-def start_upstream() -> tuple[Process, int]:
-    process = start([str(BIN / "python"), str(UPSTREAM_SCRIPT), "--port", "0", "--name", "auth"])
-    try:
-        line = process.wait_for("http upstream listening on")
-    except BaseException:
-        process.stop()
-        raise
-    return process, int(line.rsplit(":", 1)[1])
 
 
 def http_route(id_: str, plugins: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +101,7 @@ def config(upstream_port: int, bookstore_port: int, descriptor_set: Path) -> dic
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Gateway]:
-    upstream, port = start_upstream()
+    upstream, port = start_http_upstream("auth")
     path = tmp_path_factory.mktemp("plugins-auth") / "gateway.yaml"
     path.write_text(yaml.safe_dump(config(port, bookstore, bookstore_descriptor_set)))
     try:

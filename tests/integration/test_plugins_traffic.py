@@ -12,21 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from gateway_harness import Gateway, start_gateway
-from processes import BIN, REPO, Process, start
+from gateway_harness import Gateway, start_gateway, start_http_upstream
 
-UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
 TRANSCODE = {"grpc-transcode": {"proto_id": "bookstore", "service": "bookstore.v1.Bookstore"}}
-
-
-def start_upstream() -> tuple[Process, int]:
-    process = start([str(BIN / "python"), str(UPSTREAM_SCRIPT), "--port", "0", "--name", "traffic"])
-    try:
-        line = process.wait_for("http upstream listening on")
-    except BaseException:
-        process.stop()
-        raise
-    return process, int(line.rsplit(":", 1)[1])
 
 
 def http_route(host: str, plugins: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +34,7 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Gateway]:
     """One gateway for the module; routes are told apart by Host."""
-    upstream, port = start_upstream()
+    upstream, port = start_http_upstream("traffic")
     shared_count = {"count": 3, "time_window": 60, "group": "shared"}
     config = {
         "protos": [{"id": "bookstore", "descriptor_set": str(bookstore_descriptor_set)}],

@@ -10,22 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_harness import Client, Gateway, start_gateway
-from processes import BIN, REPO, Process, start
+from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
 
-UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
 TRANSCODE = {"grpc-transcode": {"proto_id": "bookstore", "service": "bookstore.v1.Bookstore"}}
 ORIGIN = "https://app.example"
-
-
-def start_upstream() -> tuple[Process, int]:
-    process = start([str(BIN / "python"), str(UPSTREAM_SCRIPT), "--port", "0", "--name", "transform"])
-    try:
-        line = process.wait_for("http upstream listening on")
-    except BaseException:
-        process.stop()
-        raise
-    return process, int(line.rsplit(":", 1)[1])
 
 
 def http_route(host: str, plugins: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +34,7 @@ def client(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Client]:
     """One gateway for the module; routes are told apart by Host."""
-    upstream, port = start_upstream()
+    upstream, port = start_http_upstream("transform")
     config = {
         "protos": [{"id": "bookstore", "descriptor_set": str(bookstore_descriptor_set)}],
         "upstreams": [

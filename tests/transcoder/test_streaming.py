@@ -108,7 +108,7 @@ def test_field_mask_walks_nested_messages(kitchen_index: DescriptorIndex) -> Non
                 paths = field_mask_from_body(descriptor, {field.json_name: {leaf.json_name: 1}})
                 assert paths == [f"{field.name}.{leaf.name}"]
                 return
-    pytest.skip("kitchen proto has no nested message field")
+    pytest.fail("the kitchen proto lost its nested message fields: this test has nothing to check")
 
 
 def _update_binding(bookstore: DescriptorIndex):  # type: ignore[no-untyped-def]
