@@ -26,6 +26,7 @@ from gateway.runner.supervisor import RunnerStartError
 from gateway.store.base import ConfigStore, Snapshot
 from gateway.store.file import read_document
 from gateway.telemetry import start_metrics_endpoint
+from gateway.tls_grpc import GrpcTls
 
 if TYPE_CHECKING:
     from gateway.reload import ConfigManager
@@ -274,7 +275,8 @@ async def _serve(
         return 1
     settings = loaded.config.gateway
     app = build_app(loaded, document_settings)
-    if settings.tls_listen is not None:
+    grpc_tls = settings.grpc_listen is not None and settings.grpc_listen.tls
+    if settings.tls_listen is not None or grpc_tls:
         app[TLS_EDGE] = _tls_edge(app, loaded, settings.tls_listen)
     # These go straight to each connection's handler (EdgeProtocol). `handler_args=` would be wrong here:
     # AppRunner forwards unknown kwargs, and aiohttp then silently drops every custom handler setting.
@@ -326,9 +328,9 @@ async def _serve(
     grpc_server: GrpcProxyServer | None = None
     if settings.grpc_listen is not None:
         # Read per call, so the listener follows the app's runtime (built by the app's cleanup_ctx in setup()).
-        grpc_server = GrpcProxyServer(
-            lambda: app[CONFIG_MANAGER].runtime, settings.grpc_listen.host, settings.grpc_listen.port
-        )
+        grpc_listen = settings.grpc_listen
+        tls = GrpcTls(app[TLS_EDGE], require_client_cert=grpc_listen.require_client_cert) if grpc_listen.tls else None
+        grpc_server = GrpcProxyServer(lambda: app[CONFIG_MANAGER].runtime, grpc_listen.host, grpc_listen.port, tls)
         try:
             await grpc_server.start()
         except OSError as exc:
@@ -366,7 +368,8 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a SIGTERM right after it is graceful
         loop.add_signal_handler(sig, stop.set)
     if grpc_server is not None:
-        print(f"protogate {__version__} grpc listening on {grpc_server.address}", flush=True)
+        secure = " (tls)" if grpc_server.tls is not None else ""
+        print(f"protogate {__version__} grpc listening on {grpc_server.address}{secure}", flush=True)
     if tls_site is not None:
         print(f"protogate {__version__} listening on https://{_bound_address(tls_site)}", flush=True)
     bound = _bound_address(site)
@@ -383,8 +386,8 @@ async def _serve(
     return 0
 
 
-def _tls_edge(app: web.Application, loaded: LoadedConfig, settings: TlsListen) -> TlsEdge:
-    """The HTTPS listener's certificates, following the running config's `ssls` (and their files)."""
+def _tls_edge(app: web.Application, loaded: LoadedConfig, settings: TlsListen | None) -> TlsEdge:
+    """The TLS listeners' certificates, following the running config's `ssls` (and their files)."""
     from gateway.tls_edge import TlsEdge
 
     def current() -> tuple[list[Ssl], Path]:
@@ -392,8 +395,9 @@ def _tls_edge(app: web.Application, loaded: LoadedConfig, settings: TlsListen) -
         source = manager.loaded if manager is not None else loaded
         return source.config.ssls, source.base_dir
 
-    edge = TlsEdge(current, settings)
-    if not loaded.config.ssls:
+    # Only the gRPC listener is TLS: no HTTPS settings, the first ssl object is the fallback.
+    edge = TlsEdge(current, settings if settings is not None else TlsListen())
+    if settings is not None and not loaded.config.ssls:
         log.warning("tls_listen is set but there is no ssls object: HTTPS handshakes fail until one is added")
     return edge
 

@@ -19,6 +19,7 @@ from gateway.grpc_context import GRPC_METHOD, call_context, passed_metadata, una
 from gateway.pipeline import run_log_phase, run_request_phases
 from gateway.responses import ProxyResponse, Reply
 from gateway.runtime import CompiledRoute, Runtime
+from gateway.tls_grpc import GrpcTls
 from gateway.upstream.grpc import GrpcUpstream
 from transcoder.status import Code, code_from_http_status, http_status_from_code
 
@@ -83,10 +84,11 @@ class GrpcProxyServer:
     on the runtime they started with.
     """
 
-    def __init__(self, runtime: Callable[[], Runtime], host: str, port: int) -> None:
+    def __init__(self, runtime: Callable[[], Runtime], host: str, port: int, tls: GrpcTls | None = None) -> None:
         self._runtime = runtime
         self.host = host
         self.port = port
+        self.tls = tls  # None: h2c
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -99,8 +101,11 @@ class GrpcProxyServer:
         server.add_generic_rpc_handlers((_ProxyHandler(self),))
         target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
-            bound = server.add_insecure_port(target)
-        except RuntimeError as exc:
+            if self.tls is None:
+                bound = server.add_insecure_port(target)
+            else:
+                bound = server.add_secure_port(target, self.tls.credentials())
+        except (RuntimeError, ValueError) as exc:
             raise OSError(f"cannot listen on {target}: {exc}") from None
         if not bound:
             raise OSError(f"cannot listen on {target}")
@@ -151,6 +156,8 @@ class GrpcProxyServer:
     def _admit(
         self, runtime: Runtime, method: str, context: grpc.aio.ServicerContext
     ) -> tuple[CompiledRoute, GrpcUpstream, RequestContext]:
+        # An mTLS host refuses a call without its client certificate, on any route (as the HTTPS edge).
+        client_cert = self.tls.check_call(context.auth_context()) if self.tls is not None else None
         if not GRPC_METHOD.fullmatch(method):
             raise GatewayError(404, Code.UNIMPLEMENTED, "not a gRPC method path")
         # grpcio does not expose :authority to Python servers yet (grpc/grpc#38906): hosts match when it does.
@@ -172,6 +179,7 @@ class GrpcProxyServer:
             consumers=runtime.consumers,
             drop=IDENTITY_HEADERS,  # the gateway asserts identity; a client's own copy never counts (THREATS 4)
         )
+        ctx.client_cert = client_cert
         return route, upstream, ctx
 
 

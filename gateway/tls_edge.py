@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,6 +142,9 @@ class TlsEdge:
         self._built_from: list[Ssl] | None = None
         self._snapshot = _Snapshot()
         self._next_file_check = 0.0
+        # The HTTPS listener's SNI callback runs on the event loop, the gRPC listener's certificate fetcher
+        # on a gRPC core thread: one rebuild at a time.
+        self._lock = threading.Lock()
         self.listener: ssl.SSLContext | None = None
         self.refresh(force=True)
 
@@ -196,6 +200,18 @@ class TlsEdge:
         entry = self._snapshot.entries.get(ssl_id)
         return entry.bundle if entry is not None else None
 
+    @property
+    def generation(self) -> object:
+        """Changes (by identity) whenever a certificate, key or CA is rebuilt, added or dropped."""
+        return self._snapshot
+
+    def serving(self) -> list[SslEntry]:
+        """The entries that serve, the fallback first (the one a server without SNI support presents)."""
+        snapshot = self._snapshot
+        fallback = snapshot.fallback
+        rest = [entry for entry in snapshot.entries.values() if entry is not fallback]
+        return [fallback, *rest] if fallback is not None else rest
+
     # -- following the config and the files
 
     def refresh(self, *, force: bool = False) -> None:
@@ -205,6 +221,10 @@ class TlsEdge:
         files_due = force or now >= self._next_file_check
         if ssls is self._built_from and not files_due:
             return
+        with self._lock:
+            self._refresh(ssls, base_dir, now, files_due=files_due)
+
+    def _refresh(self, ssls: list[Ssl], base_dir: Path, now: float, *, files_due: bool) -> None:
         if files_due:
             self._next_file_check = now + self._check_interval
         old = self._snapshot.entries

@@ -227,6 +227,15 @@ class _Checker:
             name = tls_listen.fallback_sni.lower()
             if name not in served and f"*.{name.partition('.')[2]}" not in served:
                 self.issues.append(ConfigIssue("gateway.tls_listen.fallback_sni", f"no ssl object serves {name!r}"))
+        grpc_listen = config.gateway.grpc_listen
+        if grpc_listen is not None and grpc_listen.tls:
+            # A gRPC server cannot start TLS without a certificate (nor drop its last one later).
+            if not config.ssls:
+                message = "needs at least one ssls object: its certificate is what the listener serves"
+                self.issues.append(ConfigIssue("gateway.grpc_listen.tls", message))
+            elif grpc_listen.require_client_cert and not any(s.client is not None for s in config.ssls):
+                message = "no ssls object has client.ca to verify client certificates with"
+                self.issues.append(ConfigIssue("gateway.grpc_listen.require_client_cert", message))
         blocks = [(f"upstreams[{i}].tls", u.tls) for i, u in enumerate(config.upstreams)]
         blocks += [(f"routes[{i}].upstream.tls", r.upstream.tls) for i, r in enumerate(config.routes) if r.upstream]
         blocks += [(f"services[{i}].upstream.tls", s.upstream.tls) for i, s in enumerate(config.services) if s.upstream]

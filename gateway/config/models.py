@@ -69,14 +69,30 @@ class TlsListen(Model):
     hsts: Hsts | None = None
 
 
+class GrpcListen(ListenAddress):
+    """The native gRPC listener: h2c, or TLS with the `ssls` certificates (chosen by SNI) when `tls` is set."""
+
+    port: int = Field(default=9090, ge=0, le=65535)
+    tls: bool = False
+    # gRPC servers cannot ask for an optional client certificate: either every connection presents one
+    # signed by some ssls object's client.ca, or none is asked for (mTLS hosts then refuse every call).
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _client_cert_needs_tls(self) -> GrpcListen:
+        if self.require_client_cert and not self.tls:
+            raise ValueError("require_client_cert needs tls: true")
+        return self
+
+
 class GatewaySettings(Model):
     """Process-wide settings (APISIX's config.yaml `apisix:` block, kept in the same file)."""
 
     listen: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress()
     # HTTPS beside `listen`; None: no HTTPS listener.
     tls_listen: Annotated[TlsListen | None, BeforeValidator(_parse_listen)] = None
-    # The native gRPC listener (h2c): every call proxied by route; None serves no native gRPC.
-    grpc_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None
+    # The native gRPC listener (h2c, or TLS): every call proxied by route; None serves no native gRPC.
+    grpc_listen: Annotated[GrpcListen | None, BeforeValidator(_parse_listen)] = None
     client_max_body_size: ByteSize = 1024 * 1024
     max_uri_size: ByteSize = 8 * 1024
     max_header_size: ByteSize = 8 * 1024
