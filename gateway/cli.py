@@ -21,7 +21,7 @@ from gateway.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_c
 from gateway.config.models import AdminSettings, Config, Ssl, TlsListen
 from gateway.edge import EdgeRunner
 from gateway.grpc_proxy import GrpcProxyServer
-from gateway.keys import CONFIG_MANAGER, TLS_EDGE
+from gateway.keys import CONFIG_MANAGER, TELEMETRY, TLS_EDGE
 from gateway.runner.supervisor import RunnerStartError
 from gateway.store.base import ConfigStore, Snapshot
 from gateway.store.file import read_document
@@ -330,7 +330,9 @@ async def _serve(
         # Read per call, so the listener follows the app's runtime (built by the app's cleanup_ctx in setup()).
         grpc_listen = settings.grpc_listen
         tls = GrpcTls(app[TLS_EDGE], require_client_cert=grpc_listen.require_client_cert) if grpc_listen.tls else None
-        grpc_server = GrpcProxyServer(lambda: app[CONFIG_MANAGER].runtime, grpc_listen.host, grpc_listen.port, tls)
+        grpc_server = GrpcProxyServer(
+            lambda: app[CONFIG_MANAGER].runtime, grpc_listen.host, grpc_listen.port, tls, app[TELEMETRY]
+        )
         try:
             await grpc_server.start()
         except OSError as exc:

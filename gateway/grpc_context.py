@@ -74,10 +74,20 @@ class GrpcRequestView:
     cookies: Mapping[str, str] = field(default_factory=dict)
     content_length: int | None = None
     body_exists: bool = False
+    query_string: str = ""
+    writer: None = None  # the access log reads an aiohttp writer's byte count; gRPC's is not known here
 
     @property
     def raw_path(self) -> str:
         return self.path
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        return tuple((name.encode(), value.encode()) for name, value in self.headers.items())
 
 
 def call_context(
@@ -90,20 +100,12 @@ def call_context(
     authority: str,
     consumers: ConsumerIndex,
     drop: Iterable[str] = (),
+    secure: bool = False,
 ) -> RequestContext:
     """The RequestContext of a native gRPC call: POST to the method path, metadata as headers, the peer's IP."""
     headers = metadata_headers(metadata, drop)
-    if authority:
-        headers["Host"] = authority
-    client_ip = peer_ip(peer)
-    view = GrpcRequestView(
-        method="POST",
-        path=grpc_method,
-        headers=CIMultiDictProxy(CIMultiDict(headers)),
-        remote=client_ip or None,
-        host=authority,
-        cookies=_cookies(headers.getall("Cookie", [])),
-    )
+    view = call_view(grpc_method, headers, peer, authority, secure=secure)
+    client_ip = view.remote or ""
     return RequestContext(
         # RequestContext names an aiohttp request; a view with the attributes plugins use stands in for one.
         request=cast(web.Request, view),
@@ -116,6 +118,24 @@ def call_context(
         client_ip=client_ip,
         consumers=consumers,
         body_limit=0,
+    )
+
+
+def call_view(
+    grpc_method: str, headers: CIMultiDict[str], peer: str, authority: str, *, secure: bool = False
+) -> GrpcRequestView:
+    """What a native gRPC call looks like to plugins and the access log (`headers` gets the Host)."""
+    if authority:
+        headers["Host"] = authority
+    client_ip = peer_ip(peer)
+    return GrpcRequestView(
+        method="POST",
+        path=grpc_method,
+        headers=CIMultiDictProxy(CIMultiDict(headers)),
+        remote=client_ip or None,
+        host=authority,
+        scheme="https" if secure else "http",
+        cookies=_cookies(headers.getall("Cookie", [])),
     )
 
 

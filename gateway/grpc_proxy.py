@@ -15,10 +15,19 @@ from multidict import CIMultiDict
 from gateway.app import IDENTITY_HEADERS
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, to_gateway_error
-from gateway.grpc_context import GRPC_METHOD, call_context, passed_metadata, unavailable_details, upstream_metadata
+from gateway.grpc_context import (
+    GRPC_METHOD,
+    call_context,
+    call_view,
+    metadata_headers,
+    passed_metadata,
+    unavailable_details,
+    upstream_metadata,
+)
 from gateway.pipeline import run_log_phase, run_request_phases
 from gateway.responses import ProxyResponse, Reply
 from gateway.runtime import CompiledRoute, Runtime
+from gateway.telemetry import Telemetry, start_upstream_call, trace_metadata
 from gateway.tls_grpc import GrpcTls
 from gateway.upstream.grpc import GrpcUpstream
 from transcoder.status import Code, code_from_http_status, http_status_from_code
@@ -84,11 +93,19 @@ class GrpcProxyServer:
     on the runtime they started with.
     """
 
-    def __init__(self, runtime: Callable[[], Runtime], host: str, port: int, tls: GrpcTls | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        host: str,
+        port: int,
+        tls: GrpcTls | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._runtime = runtime
         self.host = host
         self.port = port
         self.tls = tls  # None: h2c
+        self._telemetry = telemetry  # the HTTP edge's: one access log, one set of metrics, one tracer
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -129,8 +146,11 @@ class GrpcProxyServer:
         ctx: RequestContext | None = None
         outcome = Code.UNKNOWN
         source = "gateway"
+        telemetry = self._telemetry
         try:
             route, upstream, ctx = self._admit(runtime, method, context)
+            if telemetry is not None:
+                telemetry.begin(ctx, (runtime.global_chain, route.chain), rpc=True)
             reply = await run_request_phases(runtime.global_chain, route, runtime.consumer_plugins, ctx)
             if reply is not None:
                 source = "plugin"
@@ -148,10 +168,19 @@ class GrpcProxyServer:
             context.set_code(code)
             context.set_details(message)
         finally:
+            headers: CIMultiDict[str] = CIMultiDict({"grpc-status": str(int(outcome))})
+            response = ProxyResponse(http_status_from_code(outcome), headers, source=source)
             if ctx is not None:
-                headers: CIMultiDict[str] = CIMultiDict({"grpc-status": str(int(outcome))})
-                ctx.response = ProxyResponse(http_status_from_code(outcome), headers, source=source)
-                await run_log_phase(ctx.chains, ctx, ctx.response)
+                ctx.response = response
+            if telemetry is not None:  # every call is counted and logged, unrouted and refused ones too
+                request = ctx.request if ctx is not None else self._unrouted_view(method, context)
+                telemetry.finish(request, ctx, response)  # type: ignore[arg-type]
+            if ctx is not None:
+                await run_log_phase(ctx.chains, ctx, response)
+
+    def _unrouted_view(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+        headers = metadata_headers(context.invocation_metadata() or (), IDENTITY_HEADERS)
+        return call_view(method, headers, context.peer(), "", secure=self.tls is not None)
 
     def _admit(
         self, runtime: Runtime, method: str, context: grpc.aio.ServicerContext
@@ -178,6 +207,7 @@ class GrpcProxyServer:
             authority=authority,
             consumers=runtime.consumers,
             drop=IDENTITY_HEADERS,  # the gateway asserts identity; a client's own copy never counts (THREATS 4)
+            secure=self.tls is not None,
         )
         ctx.client_cert = client_cert
         return route, upstream, ctx
@@ -194,10 +224,13 @@ async def _forward(
     # The client's deadline goes upstream; a call without one gets the upstream's read timeout.
     remaining = context.time_remaining()
     timeout = remaining if remaining is not None else upstream.read_timeout
-    metadata = upstream_metadata(ctx.headers, ctx.upstream_metadata, ctx.client_ip)
     node = upstream.pick(ctx)
+    upstream_call = start_upstream_call(ctx, "grpc", method, node.address)
+    # After the client span started: the trace context sent upstream names it.
+    metadata = trace_metadata(ctx, upstream_metadata(ctx.headers, ctx.upstream_metadata, ctx.client_ip))
     # Not registered on the channel: method names come from clients, and the registry would only grow.
     call = node.channel.stream_stream(method)(requests, timeout=timeout, metadata=metadata)
+    code = grpc.StatusCode.CANCELLED  # unless the call ends: the client went away first
     try:
         try:
             initial = await call.initial_metadata()
@@ -214,6 +247,7 @@ async def _forward(
     finally:
         if not call.done():
             call.cancel()  # the client went away or its deadline passed: the upstream stops too
+        upstream_call.grpc_status(code)
     context.set_trailing_metadata(passed_metadata(trailing))
     if code != grpc.StatusCode.OK:
         context.set_code(code)

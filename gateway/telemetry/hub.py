@@ -93,9 +93,9 @@ class Telemetry:
 
     # -- one request -----------------------------------------------------------------------------------------------
 
-    def begin(self, ctx: RequestContext, chains: Sequence[PluginChain]) -> None:
+    def begin(self, ctx: RequestContext, chains: Sequence[PluginChain], *, rpc: bool = False) -> None:
         """Once the route is known (`chains`: global rules', route's): the request's record, and its server
-        span when it is traced."""
+        span when it is traced. `rpc`: a call on the native gRPC listener (named and described as gRPC)."""
         if not self.per_request:
             return
         record = RequestRecord(self, ctx.started, time.time_ns() - int((time.monotonic() - ctx.started) * 1e9))
@@ -127,6 +127,10 @@ class Telemetry:
             attributes["protogate.service_id"] = ctx.service_id
         parent = propagate.extract(request.headers)
         name = f"{request.method} {route.uri if route is not None else request.path}"
+        if rpc:  # OpenTelemetry's RPC conventions: "package.Service/Method"
+            name = ctx.path.lstrip("/")
+            service, _, method = name.partition("/")
+            attributes.update({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
         sampler = plugin.sampler if plugin is not None else None
         span = self.tracing.start_server_span(name, sampler, parent, attributes, record.start_ns)
         record.span = span
@@ -153,6 +157,9 @@ class Telemetry:
         try:
             if span.is_recording():
                 span.set_attribute("http.response.status_code", response.status)
+                grpc_status = response.headers.get("grpc-status")
+                if grpc_status is not None and grpc_status.isdigit():
+                    span.set_attribute("rpc.grpc.status_code", int(grpc_status))
                 if response.status >= 500:  # a 4xx is the client's error, not the server span's (semconv)
                     span.set_status(Status(StatusCode.ERROR))
                     span.set_attribute("error.type", str(response.status))
