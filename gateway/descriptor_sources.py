@@ -15,6 +15,7 @@ import grpc_tools
 from google.api import annotations_pb2
 
 from gateway.config.models import Proto, Upstream
+from gateway.tls import ClientTls, TlsMaterialError, client_tls_of
 from gateway.upstream.reflection import ReflectionError, fetch_file_set
 from transcoder.descriptors import DescriptorIndex
 from transcoder.errors import TranscodeError
@@ -55,7 +56,7 @@ def load_descriptor_index(
             raise SourceError("descriptor_set_base64", exc.message) from None
     if proto.proto_files is not None:
         return _compiled_index(proto, base_dir)
-    return _reflected_index(proto, upstreams or {})
+    return _reflected_index(proto, upstreams or {}, base_dir)
 
 
 def _resolve(base_dir: Path, path: str) -> Path:
@@ -116,16 +117,21 @@ def compile_proto_files(files: Sequence[Path], include_dirs: Sequence[Path]) -> 
         return out.read_bytes()
 
 
-def _reflected_index(proto: Proto, upstreams: Mapping[str, Upstream]) -> DescriptorIndex | None:
+def _reflected_index(proto: Proto, upstreams: Mapping[str, Upstream], base_dir: Path) -> DescriptorIndex | None:
     source = proto.reflection
     assert source is not None  # the model allows exactly one source
     upstream = upstreams.get(source.upstream_id)
     if upstream is None:
         raise SourceError("reflection.upstream_id", f"no upstream has id {source.upstream_id!r}")
-    if upstream.scheme != "grpc":
-        raise SourceError("reflection.upstream_id", f"upstream {upstream.id!r} has scheme {upstream.scheme}, not grpc")
+    if not upstream.is_grpc:
+        message = f"upstream {upstream.id!r} has scheme {upstream.scheme}, not grpc or grpcs"
+        raise SourceError("reflection.upstream_id", message)
     try:
-        data = fetch_file_set(upstream_addresses(upstream), source.services, source.timeout)
+        tls = reflection_tls(upstream, base_dir)
+    except TlsMaterialError as exc:  # also reported at the upstream's own tls field
+        raise SourceError("reflection.upstream_id", f"upstream {upstream.id!r}: tls.{exc}") from None
+    try:
+        data = fetch_file_set(upstream_addresses(upstream), source.services, source.timeout, tls)
     except ReflectionError as exc:
         if not source.required:
             log.warning("proto %s: reflection failed at load (%s); its routes wait for the first fetch", proto.id, exc)
@@ -135,6 +141,11 @@ def _reflected_index(proto: Proto, upstreams: Mapping[str, Upstream]) -> Descrip
         return DescriptorIndex.from_bytes(data)
     except TranscodeError as exc:
         raise SourceError("reflection", f"upstream {upstream.id!r} sent unusable descriptors: {exc.message}") from None
+
+
+def reflection_tls(upstream: Upstream, base_dir: Path) -> ClientTls | None:
+    """What reflection presents and trusts: a grpcs upstream's client TLS, as its calls use; None for grpc."""
+    return client_tls_of(upstream.tls, base_dir) if upstream.scheme == "grpcs" else None
 
 
 def upstream_addresses(upstream: Upstream) -> list[str]:

@@ -14,7 +14,7 @@ from gateway.config.loader import LoadedConfig
 from gateway.config.models import Route, Timeout, Upstream
 from gateway.consumers import Consumer
 from gateway.context import RequestContext
-from gateway.descriptor_sources import upstream_addresses
+from gateway.descriptor_sources import reflection_tls, upstream_addresses
 from gateway.errors import GatewayError
 from gateway.grpc_web import GrpcWebSwitch, GrpcWebTarget
 from gateway.openapi_endpoint import openapi_json, openapi_location
@@ -124,14 +124,16 @@ class Runtime:
             source = proto.reflection
             if source is None or proto.id not in self._transcoders:
                 continue
+            upstream = upstreams[source.upstream_id]
             watcher = ReflectionWatcher(
                 proto.id,
-                upstream_addresses(upstreams[source.upstream_id]),
+                upstream_addresses(upstream),
                 functools.partial(self._apply_descriptors, proto.id),
                 services=source.services,
                 interval=source.refresh_interval,
                 timeout=source.timeout,
                 current=self.loaded.protos.get(proto.id),
+                tls=reflection_tls(upstream, self.loaded.base_dir),  # checked at load; read again, as upstreams do
             )
             watcher.start()
             self._watchers.append(watcher)

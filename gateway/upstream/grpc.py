@@ -81,7 +81,7 @@ class GrpcUpstream:
             for node in upstream.nodes
         ]
         # Balancing and health (shared with HTTP upstreams); node_set.states[i] is self.nodes[i].
-        self.node_set = NodeSet(upstream, channels=[node.channel for node in self.nodes])
+        self.node_set = NodeSet(upstream, channels=[node.channel for node in self.nodes], tls=tls)
 
     @property
     def read_timeout(self) -> float:

@@ -18,7 +18,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, to_gateway_error
 from gateway.responses import ProxyResponse
 from gateway.telemetry import start_upstream_call, trace_headers
-from gateway.tls import client_tls_of
+from gateway.tls import ClientTls, client_tls_of
 from gateway.upstream.node_state import NodeSet
 
 log = logging.getLogger("protogate.upstream.http")
@@ -86,6 +86,7 @@ class HttpUpstream:
         self._scheme = "https" if upstream.scheme == "https" else "http"
         self._server_name: str | None = None
         ssl_context: ssl.SSLContext | bool = True
+        tls: ClientTls | None = None
         if upstream.scheme == "https":
             # Read and checked at load already; read again here so a reload picks up renewed files.
             tls = client_tls_of(upstream.tls, base_dir)
@@ -107,7 +108,7 @@ class HttpUpstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
-        self.nodes = NodeSet(upstream)
+        self.nodes = NodeSet(upstream, tls=tls)  # https probes trust and present what calls do
 
     async def close(self) -> None:
         await self.nodes.close()

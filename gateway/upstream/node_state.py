@@ -21,6 +21,7 @@ from gateway.upstream.balancer import HashRing, LeastConnections, PeakEwma, Weig
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.plugins.variables import Template
+    from gateway.tls import ClientTls
 
 log = logging.getLogger("protogate.upstream.health")
 
@@ -54,9 +55,17 @@ class NodeSet:
     """Must be built inside the running event loop when the upstream has active checks (they start here).
 
     `channels` (gRPC upstreams): each node's grpc.aio channel, which grpc health probes then go through.
+    `tls` (https and grpcs upstreams): the client TLS of the upstream's calls, which active probes use too.
     """
 
-    def __init__(self, upstream: Upstream, *, start_checks: bool = True, channels: Sequence[Any] | None = None) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        start_checks: bool = True,
+        channels: Sequence[Any] | None = None,
+        tls: ClientTls | None = None,
+    ) -> None:
         self.upstream = upstream
         self.states = [NodeState(i, node) for i, node in enumerate(upstream.nodes)]
         weights = [node.weight for node in upstream.nodes]
@@ -80,7 +89,7 @@ class NodeSet:
         if self.active_check is not None and start_checks:
             from gateway.upstream.health import ActiveChecker
 
-            self._checker = ActiveChecker(self, self.active_check, channels)
+            self._checker = ActiveChecker(self, self.active_check, channels, tls)
             self._checker.start()
 
     async def close(self) -> None:

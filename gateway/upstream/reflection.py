@@ -2,6 +2,7 @@
 
 The exchange itself is a generator (`conversation`) that yields requests and is sent responses, so the
 blocking client used at config load and the grpc.aio client used by `ReflectionWatcher` share one protocol.
+Both speak TLS to a grpcs upstream with the upstream's own client TLS (`tls`), as its calls do.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from gateway.tls import ClientTls, tls_failure
 from transcoder.descriptors import DescriptorIndex
 from transcoder.errors import TranscodeError
 
@@ -109,6 +111,9 @@ def _rpc_error(err: grpc.RpcError, timeout: float) -> Exception:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ReflectionError(f"no answer within {timeout:g}s")
     details = err.details() if isinstance(err, grpc.Call | grpc.aio.AioRpcError) else str(err)
+    if code == grpc.StatusCode.UNAVAILABLE and tls_failure(details or ""):
+        # Name it: a wrong tls.ca, tls.server_name or client certificate is fixed in the config, not by waiting.
+        return ReflectionError(f"TLS handshake failed ({details})")
     if code == grpc.StatusCode.UNAVAILABLE:
         return ReflectionError(f"unreachable ({details})")
     return ReflectionError(f"{code.name if code else 'error'}: {details}")
@@ -117,24 +122,33 @@ def _rpc_error(err: grpc.RpcError, timeout: float) -> Exception:
 # -- blocking client, for config load ---------------------------------------------------------------------------
 
 
-def fetch_file_set(addresses: Sequence[str], services: Sequence[str] | None = None, timeout: float = 3.0) -> bytes:
+def fetch_file_set(
+    addresses: Sequence[str],
+    services: Sequence[str] | None = None,
+    timeout: float = 3.0,
+    tls: ClientTls | None = None,
+) -> bytes:
     """FileDescriptorSet bytes from the first of `addresses` (host:port) that answers; v1, else v1alpha.
 
-    `timeout` bounds each node's whole attempt, connecting included. Raises ReflectionError naming every
-    node's failure.
+    `timeout` bounds each node's whole attempt, connecting included; `tls` (a grpcs upstream's) makes the
+    channels secure. Raises ReflectionError naming every node's failure.
     """
     failures: list[str] = []
     for address in addresses:
         try:
-            return _fetch_blocking(address, services, timeout)
+            return _fetch_blocking(address, services, timeout, tls)
         except ReflectionError as exc:
             failures.append(f"{address}: {exc}")
     raise ReflectionError("; ".join(failures) or "no nodes to ask")
 
 
-def _fetch_blocking(address: str, services: Sequence[str] | None, timeout: float) -> bytes:
+def _fetch_blocking(address: str, services: Sequence[str] | None, timeout: float, tls: ClientTls | None) -> bytes:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    if tls is None:
+        blocking = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    else:
+        blocking = grpc.secure_channel(address, tls.grpc_credentials(), options=_CHANNEL_OPTIONS + tls.grpc_options())
+    with blocking as channel:
         for path in (V1, V1ALPHA):
             try:
                 return _talk_blocking(channel, path, services, max(deadline - time.monotonic(), 0.01), timeout)
@@ -235,7 +249,8 @@ class ReflectionWatcher:
 
     When the FileDescriptorSet differs from the last one, `on_change` gets the new DescriptorIndex (built
     off the event loop). A failed fetch keeps the old index; the failure is logged once per streak.
-    `interval` 0 turns the periodic fetch off (reconnects still trigger one). Start inside the event loop.
+    `interval` 0 turns the periodic fetch off (reconnects still trigger one). `tls`: a grpcs upstream's
+    client TLS. Start inside the event loop.
     """
 
     def __init__(
@@ -248,6 +263,7 @@ class ReflectionWatcher:
         interval: float = 30.0,
         timeout: float = 3.0,
         current: DescriptorIndex | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.name = name
         self.addresses = list(addresses)
@@ -256,6 +272,7 @@ class ReflectionWatcher:
         self.interval = interval
         self.timeout = timeout
         self.current = current
+        self.tls = tls
         self._digest: str | None = None
         self._failing = False
         self._wake = asyncio.Event()
@@ -266,12 +283,18 @@ class ReflectionWatcher:
     def start(self) -> None:
         if self._tasks:
             return
-        self._channels = [grpc.aio.insecure_channel(a, options=_WATCH_OPTIONS) for a in self.addresses]
+        self._channels = [self._channel(address) for address in self.addresses]
         self._tasks.append(asyncio.create_task(self._run(), name=f"reflection-watcher:{self.name}"))
         for channel in self._channels:
             self._tasks.append(asyncio.create_task(self._watch_connectivity(channel)))
         if self.current is None:  # nothing loaded yet (an optional source that was down): fetch now
             self._wake.set()
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=_WATCH_OPTIONS)
+        options = _WATCH_OPTIONS + self.tls.grpc_options()
+        return grpc.aio.secure_channel(address, self.tls.grpc_credentials(), options=options)
 
     async def close(self) -> None:
         for task in self._tasks:

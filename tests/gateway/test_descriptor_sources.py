@@ -152,7 +152,7 @@ def test_reflection_needs_a_known_grpc_upstream() -> None:
     )
     assert issues(doc) == [
         "protos[0].reflection.upstream_id: no upstream has id 'nope'",
-        "protos[1].reflection.upstream_id: upstream 'web' has scheme http, not grpc",
+        "protos[1].reflection.upstream_id: upstream 'web' has scheme http, not grpc or grpcs",
     ]
 
 

@@ -5,6 +5,7 @@ Once serving it prints exactly one line, ``reflection backend listening on 127.0
 SIGINT stops it. Restarting it on the same port with other ``--services`` is how a test changes the
 service set a gateway sees. ``--reflection`` picks the reflection versions served: grpcio-reflection
 only has v1alpha, so v1 is the same servicer registered under the v1 name (the messages are identical).
+``--tls-cert`` and ``--tls-key`` serve TLS; ``--tls-client-ca`` also requires client certificates from that CA.
 """
 
 from __future__ import annotations
@@ -94,7 +95,15 @@ def _add_reflection(server: grpc.aio.Server, names: list[str], versions: str) ->
         )
 
 
-async def serve(port: int, services: list[str], versions: str, name: str, work_dir: Path) -> int:
+def _credentials(cert: str, key: str, client_ca: str | None) -> grpc.ServerCredentials:
+    root = Path(client_ca).read_bytes() if client_ca else None
+    pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
+
+
+async def serve(
+    port: int, services: list[str], versions: str, name: str, work_dir: Path, tls: grpc.ServerCredentials | None = None
+) -> int:
     quickstart = _quickstart()
     calls: Counter[str] = Counter()
     server = grpc.aio.server(interceptors=[quickstart.ServedByInterceptor(name, calls)])
@@ -109,7 +118,8 @@ async def serve(port: int, services: list[str], versions: str, name: str, work_d
         names.append(_add_greeter(server, greeting, name))
     if versions != "none":
         _add_reflection(server, names, versions)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{port}"
+    bound = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls)
     if not bound:
         print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr)
         return 1
@@ -130,14 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", default="bookstore", help="comma-separated: bookstore, greeter")
     parser.add_argument("--reflection", default="both", choices=["both", "v1", "v1alpha", "none"])
     parser.add_argument("--name", default="reflection-backend", help="sent as x-bookstore-served-by")
+    parser.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="with --tls-cert: require client certificates signed by this CA")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     services = [s.strip() for s in args.services.split(",") if s.strip()]
     unknown = set(services) - {"bookstore", "greeter"}
     if unknown:
         parser.error(f"unknown services: {', '.join(sorted(unknown))}")
     work_dir = Path(tempfile.mkdtemp(prefix="reflection-backend-"))
     try:
-        return asyncio.run(serve(args.port, services, args.reflection, args.name, work_dir))
+        tls = _credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+        return asyncio.run(serve(args.port, services, args.reflection, args.name, work_dir, tls))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -14,7 +14,9 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from gateway.config.models import Upstream
+from gateway.config.models import ActiveCheck, Upstream
+from gateway.tls import ClientTls
+from gateway.upstream.health import probe_tls
 from gateway.upstream.node_state import NodeSet
 
 FAST = {"healthy": {"interval": 0.05, "successes": 1}, "unhealthy": {"interval": 0.05}, "timeout": 0.5}
@@ -123,3 +125,12 @@ async def test_close_stops_the_probes(http_node: tuple[int, dict[str, Any]]) -> 
     count = len(state["seen"])
     await asyncio.sleep(0.2)
     assert len(state["seen"]) == count
+
+
+def test_https_probes_use_the_upstreams_tls_and_turn_verification_off_only_when_asked() -> None:
+    upstream_tls = ClientTls(ca=b"-----BEGIN CERTIFICATE-----", bundle=None, server_name="shop.internal")
+    verifying = ActiveCheck(type="https")
+    assert probe_tls(upstream_tls, verifying) is upstream_tls  # the object the upstream built, not a copy
+    relaxed = probe_tls(upstream_tls, ActiveCheck(type="https", https_verify_certificate=False))
+    assert (relaxed.verify, relaxed.ca, relaxed.server_name) == (False, upstream_tls.ca, "shop.internal")
+    assert probe_tls(None, verifying) == ClientTls(ca=None, bundle=None, server_name=None, verify=True)

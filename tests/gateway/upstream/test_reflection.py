@@ -12,7 +12,9 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from processes import BIN, Process, start
+from tls_certs import CertificateAuthority, Issued
 
+from gateway.tls import ClientTls, client_tls
 from gateway.upstream.reflection import (
     ReflectionError,
     ReflectionWatcher,
@@ -28,9 +30,11 @@ BOOKSTORE = "bookstore.v1.Bookstore"
 GREETER = "reflectiontest.v1.Greeter"
 
 
-def start_backend(port: int = 0, services: str = "bookstore", reflection: str = "both") -> tuple[Process, int]:
+def start_backend(
+    port: int = 0, services: str = "bookstore", reflection: str = "both", *extra: str
+) -> tuple[Process, int]:
     args = [str(BIN / "python"), str(BACKEND), "--port", str(port), "--services", services]
-    backend = start([*args, "--reflection", reflection])
+    backend = start([*args, "--reflection", reflection, *extra])
     try:
         line = backend.wait_for("reflection backend listening on")
     except BaseException:
@@ -277,6 +281,74 @@ async def test_watcher_survives_a_callback_that_refuses(backend: int, caplog: py
 async def test_a_watcher_with_nothing_loaded_fetches_at_once(backend: int) -> None:
     changes: list[DescriptorIndex] = []
     watcher = ReflectionWatcher("shop", [f"127.0.0.1:{backend}"], changes.append, interval=0)
+    watcher.start()
+    try:
+        await _wait_for(changes, 1, timeout=10)
+    finally:
+        await watcher.close()
+    assert set(changes[0].services) == {BOOKSTORE, GREETER}
+
+
+# -- over TLS (a grpcs upstream) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertificateAuthority, Issued, Issued]:
+    """The backend's own CA, its certificate (a DNS name only) and the gateway's client certificate."""
+    ca = CertificateAuthority(tmp_path_factory.mktemp("reflection-pki"), "reflection")
+    return ca, ca.issue("shop.internal", dns=("shop.internal",)), ca.issue("gateway", client=True)
+
+
+@pytest.fixture(scope="module")
+def tls_backend(tls_pki: tuple[CertificateAuthority, Issued, Issued]) -> Iterator[int]:
+    """A reflecting backend that serves TLS and wants a client certificate from its CA."""
+    ca, server, _ = tls_pki
+    tls_args = ("--tls-cert", str(server.cert), "--tls-key", str(server.key), "--tls-client-ca", str(ca.cert))
+    process, port = start_backend(0, "bookstore,greeter", "both", *tls_args)
+    yield port
+    process.stop()
+
+
+def backend_tls(pki: tuple[CertificateAuthority, Issued, Issued], ca: Path | None = None) -> ClientTls:
+    backend_ca, _, client = pki
+    return client_tls(
+        ca=str(ca or backend_ca.cert),
+        client_cert=str(client.cert),
+        client_key=str(client.key),
+        key_passphrase_env=None,
+        server_name="shop.internal",
+        verify=True,
+        base_dir=Path(),
+    )
+
+
+def test_fetch_over_tls_with_the_upstreams_ca_name_and_client_certificate(
+    tls_pki: tuple[CertificateAuthority, Issued, Issued], tls_backend: int
+) -> None:
+    data = fetch_file_set([f"127.0.0.1:{tls_backend}"], tls=backend_tls(tls_pki))
+    assert set(DescriptorIndex.from_bytes(data).services) == {BOOKSTORE, GREETER}
+
+
+def test_fetch_over_tls_with_another_ca_names_the_verification_failure(
+    tls_pki: tuple[CertificateAuthority, Issued, Issued], tls_backend: int, tmp_path: Path
+) -> None:
+    other = CertificateAuthority(tmp_path, "other")
+    address = f"127.0.0.1:{tls_backend}"
+    with pytest.raises(ReflectionError) as caught:
+        fetch_file_set([address], timeout=2, tls=backend_tls(tls_pki, other.cert))
+    message = str(caught.value)
+    assert message.startswith(f"{address}: TLS handshake failed (")
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    with pytest.raises(ReflectionError, match="unreachable"):  # plaintext to a TLS port
+        fetch_file_set([address], timeout=2)
+
+
+async def test_watcher_over_tls_fetches_with_the_upstreams_tls(
+    tls_pki: tuple[CertificateAuthority, Issued, Issued], tls_backend: int
+) -> None:
+    changes: list[DescriptorIndex] = []
+    address = f"127.0.0.1:{tls_backend}"
+    watcher = ReflectionWatcher("shop", [address], changes.append, interval=0, tls=backend_tls(tls_pki))
     watcher.start()
     try:
         await _wait_for(changes, 1, timeout=10)
