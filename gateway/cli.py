@@ -140,11 +140,12 @@ def _openapi(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
-    listen = loaded.config.gateway.listen
+    listen = loaded.config.gateway.listen[0]
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     title = ", ".join(args.route) if args.route else "protogate"
+    server_url = f"{'https' if listen.tls else 'http'}://{host}:{listen.port}"
     try:
-        document = route_openapi(loaded, args.route, title=title, server_url=f"http://{host}:{listen.port}")
+        document = route_openapi(loaded, args.route, title=title, server_url=server_url)
     except ValueError as exc:
         print(f"protogate openapi: {exc}", file=sys.stderr)
         return 1
@@ -176,12 +177,13 @@ async def _start(args: argparse.Namespace) -> int:
     if started is None:
         return 1
     loaded, store, snapshot, document = started
-    host, port = loaded.config.gateway.listen.host, loaded.config.gateway.listen.port
-    if args.listen:
+    plain = loaded.config.gateway.http_addresses()
+    if args.listen:  # in place of the first plain listener (or as one, when all are HTTPS)
         listen_host, port = args.listen
-        host = listen_host or host
+        first_host = plain[0][0] if plain else "0.0.0.0"
+        plain = [(listen_host or first_host, port), *plain[1:]]
     try:
-        return await _serve(loaded, host, port, document_settings=settings_of(document), store=store, snapshot=snapshot)
+        return await _serve(loaded, plain, document_settings=settings_of(document), store=store, snapshot=snapshot)
     finally:
         await store.close()  # closed twice when the manager took it: both stores allow that
 
@@ -258,8 +260,7 @@ def _export(args: argparse.Namespace) -> int:
 
 async def _serve(
     loaded: LoadedConfig,
-    host: str,
-    port: int,
+    plain: list[tuple[str, int]],
     *,
     document_settings: dict[str, Any] | None = None,
     store: ConfigStore | None = None,
@@ -276,7 +277,8 @@ async def _serve(
     settings = loaded.config.gateway
     app = build_app(loaded, document_settings)
     grpc_tls = settings.grpc_listen is not None and settings.grpc_listen.tls
-    if settings.tls_listen is not None or grpc_tls:
+    https = settings.https_addresses()
+    if https or grpc_tls:
         app[TLS_EDGE] = _tls_edge(app, loaded, settings.tls_listen)
     # These go straight to each connection's handler (EdgeProtocol). `handler_args=` would be wrong here:
     # AppRunner forwards unknown kwargs, and aiohttp then silently drops every custom handler setting.
@@ -302,29 +304,19 @@ async def _serve(
         await _cleanup_quietly(web_runner)
         print(f"protogate: {exc}", file=sys.stderr)
         return 1
-    site = web.TCPSite(web_runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await web_runner.cleanup()
-        print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    tls_site: web.TCPSite | None = None
-    if settings.tls_listen is not None:
-        tls_listen = settings.tls_listen
-        tls_site = web.TCPSite(
-            web_runner,
-            tls_listen.host,
-            tls_listen.port,
-            ssl_context=app[TLS_EDGE].listener_context(),
-            reuse_address=True,
-        )
-        try:
-            await tls_site.start()
-        except OSError as exc:
-            await web_runner.cleanup()
-            print(f"protogate: cannot listen on {tls_listen.host}:{tls_listen.port}: {exc.strerror}", file=sys.stderr)
-            return 1
+    sites: list[tuple[str, web.TCPSite]] = []
+    listener_context = app[TLS_EDGE].listener_context() if https else None  # one SNI context for every HTTPS port
+    for scheme, addresses in (("http", plain), ("https", https)):
+        for host, port in addresses:
+            context = listener_context if scheme == "https" else None
+            site = web.TCPSite(web_runner, host, port, ssl_context=context, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                await web_runner.cleanup()
+                print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+                return 1
+            sites.append((scheme, site))
     grpc_server: GrpcProxyServer | None = None
     if settings.grpc_listen is not None:
         # Read per call, so the listener follows the app's runtime (built by the app's cleanup_ctx in setup()).
@@ -372,10 +364,9 @@ async def _serve(
     if grpc_server is not None:
         secure = " (tls)" if grpc_server.tls is not None else ""
         print(f"protogate {__version__} grpc listening on {grpc_server.address}{secure}", flush=True)
-    if tls_site is not None:
-        print(f"protogate {__version__} listening on https://{_bound_address(tls_site)}", flush=True)
-    bound = _bound_address(site)
-    print(f"protogate {__version__} listening on http://{bound}", flush=True)
+    # HTTPS first: the plain listeners' lines come last, and the last line says the gateway is ready.
+    for scheme, site in sorted(sites, key=lambda pair: pair[0] == "http"):
+        print(f"protogate {__version__} listening on {scheme}://{_bound_address(site)}", flush=True)
     await stop.wait()
     log.info("shutting down")
     if admin_runner is not None:
@@ -399,8 +390,8 @@ def _tls_edge(app: web.Application, loaded: LoadedConfig, settings: TlsListen | 
 
     # Only the gRPC listener is TLS: no HTTPS settings, the first ssl object is the fallback.
     edge = TlsEdge(current, settings if settings is not None else TlsListen())
-    if settings is not None and not loaded.config.ssls:
-        log.warning("tls_listen is set but there is no ssls object: HTTPS handshakes fail until one is added")
+    if loaded.config.gateway.https_addresses() and not loaded.config.ssls:
+        log.warning("an HTTPS listener is set but there is no ssls object: handshakes fail until one is added")
     return edge
 
 

@@ -51,6 +51,18 @@ def _parse_listen(value: Any) -> Any:
     return value
 
 
+class ListenEntry(ListenAddress):
+    """One edge listener: plain HTTP, or HTTPS with the `ssls` certificates (chosen by SNI) when `tls` is set."""
+
+    tls: bool = False
+
+
+def _parse_listens(value: Any) -> Any:
+    """`listen` is one address (HOST:PORT, a port, {host, port, tls}) or a list of them."""
+    items = value if isinstance(value, list) else [value]
+    return [_parse_listen(item) for item in items]
+
+
 class Hsts(Model):
     """Strict-Transport-Security on every answer over HTTPS (APISIX has no built-in for it)."""
 
@@ -88,8 +100,12 @@ class GrpcListen(ListenAddress):
 class GatewaySettings(Model):
     """Process-wide settings (APISIX's config.yaml `apisix:` block, kept in the same file)."""
 
-    listen: Annotated[ListenAddress, BeforeValidator(_parse_listen)] = ListenAddress()
-    # HTTPS beside `listen`; None: no HTTPS listener.
+    # The edge's listeners, plain and HTTPS (`tls: true`), as APISIX's node_listen and ssl.listen.
+    listen: Annotated[list[ListenEntry], BeforeValidator(_parse_listens), Field(min_length=1)] = Field(
+        default_factory=lambda: [ListenEntry()]
+    )
+    # The HTTPS settings (fallback_sni, hsts); its host and port are one more HTTPS listener, unless `listen`
+    # has tls entries and no port is given here. None and no tls entry: no HTTPS listener.
     tls_listen: Annotated[TlsListen | None, BeforeValidator(_parse_listen)] = None
     # The native gRPC listener (h2c, or TLS): every call proxied by route; None serves no native gRPC.
     grpc_listen: Annotated[GrpcListen | None, BeforeValidator(_parse_listen)] = None
@@ -99,6 +115,25 @@ class GatewaySettings(Model):
     max_header_count: int = Field(default=100, ge=1)
     client_header_timeout: float = Field(default=60.0, gt=0)  # seconds for a whole request head (nginx's name)
     client_body_timeout: float = Field(default=60.0, gt=0)  # seconds between two reads of a request body (nginx)
+
+    @model_validator(mode="after")
+    def _distinct_addresses(self) -> GatewaySettings:
+        seen: set[tuple[str, int]] = set()
+        for host, port in [*self.http_addresses(), *self.https_addresses()]:
+            if port and (host, port) in seen:
+                raise ValueError(f"{host}:{port} is listed twice among the listeners")
+            seen.add((host, port))
+        return self
+
+    def http_addresses(self) -> list[tuple[str, int]]:
+        return [(entry.host, entry.port) for entry in self.listen if not entry.tls]
+
+    def https_addresses(self) -> list[tuple[str, int]]:
+        addresses = [(entry.host, entry.port) for entry in self.listen if entry.tls]
+        tls = self.tls_listen
+        if tls is not None and (not addresses or "port" in tls.model_fields_set):
+            addresses.append((tls.host, tls.port))
+        return addresses
 
 
 class Node(Model):

@@ -228,6 +228,32 @@ def test_sni_picks_the_certificate_of_each_host(pki: Pki, edge: TlsGateway) -> N
     assert served_certificate(edge.https_port, context, "unknown.test") == pki.default.der
 
 
+def test_listen_entries_with_tls_open_https_listeners_beside_plain_ones(
+    pki: Pki, echo_upstream: int, tmp_path: Path, gateways: list[TlsGateway]
+) -> None:
+    config = edge_config(pki, echo_upstream)
+    # APISIX style: `listen` entries, some with tls; tls_listen keeps only the HTTPS settings.
+    config["gateway"]["listen"] = [
+        {"host": "127.0.0.1", "port": 0},
+        {"host": "127.0.0.1", "port": 0, "tls": True},
+        {"host": "127.0.0.1", "port": 0, "tls": True},
+    ]
+    config["gateway"]["tls_listen"] = {"fallback_sni": "default.test", "hsts": {"max_age": 600}}
+    path = tmp_path / "entries.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = start([str(BIN / "protogate"), "run", "-c", str(path)])
+    gateways.append(TlsGateway(process, 0, 0))
+    https_ports = [int(process.wait_for("listening on https://").rsplit(":", 1)[1]) for _ in range(2)]
+    plain_port = int(process.wait_for("listening on http://").rsplit(":", 1)[1])
+    assert len(set(https_ports)) == 2
+    for port in https_ports:
+        assert served_certificate(port, client_context(pki), "shop.test") == pki.shop.der
+        assert served_certificate(port, client_context(pki), None) == pki.default.der
+        status, headers, _ = https_get(port, client_context(pki), "api.test", "/echo/x")
+        assert (status, headers["Strict-Transport-Security"]) == (200, "max-age=600")
+    assert http_get(plain_port, "/echo/x", "api.test")[0] == 200
+
+
 def test_https_answers_with_hsts_and_plain_http_redirects(pki: Pki, edge: TlsGateway) -> None:
     status, headers, body = https_get(edge.https_port, client_context(pki), "api.test", "/echo/x")
     assert status == 200 and body["path"] == "/echo/x"

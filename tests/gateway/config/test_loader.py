@@ -132,7 +132,7 @@ def test_uri_and_uris_are_exclusive(proto_file: Path) -> None:
 def test_sizes_take_nginx_units(proto_file: Path) -> None:
     loaded = load_document({**document(proto_file), "gateway": {"client_max_body_size": "8k", "listen": 9999}})
     assert loaded.config.gateway.client_max_body_size == 8192
-    assert loaded.config.gateway.listen.port == 9999
+    assert loaded.config.gateway.listen[0].port == 9999
     assert issues({**document(proto_file), "gateway": {"client_max_body_size": "lots"}})[0].startswith(
         "gateway.client_max_body_size:"
     )
