@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from processes import BIN, REPO, Process, start
 
 QUICKSTART = REPO / "examples" / "quickstart"
@@ -105,6 +106,19 @@ def start_gateway(config_path: Path) -> Gateway:
         process.stop()
         raise
     return Gateway(process, line.rsplit("http://", 1)[1].strip())
+
+
+def start_protogate(config: dict[str, Any], path: Path, *ready: str) -> tuple[Process, list[str]]:
+    """Write `config` to `path` and run it (plain listener on an OS-picked port); wait for a line containing
+    each of `ready`, in the order the gateway prints them (grpc, then https, then http). The lines, stripped."""
+    path.write_text(yaml.safe_dump(config))
+    process = start([str(BIN / "protogate"), "run", "-c", str(path), "--listen", "127.0.0.1:0"])
+    try:
+        lines = [process.wait_for(text).strip() for text in ready]
+    except BaseException:
+        process.stop()
+        raise
+    return process, lines
 
 
 GatewayFactory = Callable[[dict[str, Any]], Gateway]

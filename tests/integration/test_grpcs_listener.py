@@ -13,10 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
-from gateway_harness import QUICKSTART
+from gateway_harness import QUICKSTART, start_protogate
 from google.protobuf import empty_pb2
-from processes import BIN, Process, start
+from processes import Process
 from tls_certs import CertificateAuthority, Issued, server_cert
 
 
@@ -120,14 +119,7 @@ class GrpcsGateway:
 
 
 def start_grpcs_gateway(path: Path, config: dict[str, Any]) -> GrpcsGateway:
-    path.write_text(yaml.safe_dump(config))
-    process = start([str(BIN / "protogate"), "run", "-c", str(path), "--listen", "127.0.0.1:0"])
-    try:
-        line = process.wait_for("grpc listening on").strip()
-        process.wait_for("listening on http://")
-    except BaseException:
-        process.stop()
-        raise
+    process, (line, _) = start_protogate(config, path, "grpc listening on", "listening on http://")
     assert line.endswith("(tls)"), line
     return GrpcsGateway(process, int(line.removesuffix(" (tls)").rsplit(":", 1)[1]), path)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_harness import QUICKSTART
+from gateway_harness import QUICKSTART, start_protogate
 from processes import BIN, REPO, Process, start
 from tls_certs import CertificateAuthority, Issued, server_cert
 
@@ -76,14 +76,7 @@ class TlsGateway:
 
 
 def start_tls_gateway(path: Path, config: dict[str, Any]) -> TlsGateway:
-    path.write_text(yaml.safe_dump(config))
-    process = start([str(BIN / "protogate"), "run", "-c", str(path), "--listen", "127.0.0.1:0"])
-    try:
-        https = process.wait_for("listening on https://")
-        plain = process.wait_for("listening on http://")
-    except BaseException:
-        process.stop()
-        raise
+    process, (https, plain) = start_protogate(config, path, "listening on https://", "listening on http://")
     return TlsGateway(process, int(plain.rsplit(":", 1)[1]), int(https.rsplit(":", 1)[1]))
 
 
