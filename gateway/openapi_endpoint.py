@@ -19,6 +19,7 @@ from transcoder.errors import TranscodeError
 from transcoder.httprule import PathTemplate, parse_template
 from transcoder.openapi import build_openapi
 from transcoder.response import JsonOptions
+from transcoder.streaming import StreamFormat
 
 OPENAPI_FILE = "openapi.json"
 
@@ -52,14 +53,15 @@ def route_openapi(
 ) -> dict[str, Any]:
     """One document for the given grpc-transcode routes (default: all of them).
 
-    Routes on the same proto with the same JSON options share one build; others are merged into it.
+    Routes on the same proto with the same JSON options and stream format share one build; others are merged
+    into it (a path that two of them document keeps the first one's operation).
     Raises ValueError for an unknown or non-transcoding route id, or for two protos that define the same
     message differently.
     """
     routes = {r.id: r for r in transcoded_routes(loaded)}
     if route_ids is None:
         route_ids = list(routes)
-    groups: dict[tuple[str, JsonOptions], list[HttpBinding]] = {}
+    groups: dict[tuple[str, JsonOptions, StreamFormat], list[HttpBinding]] = {}
     for route_id in route_ids:
         route = routes.get(route_id)
         if route is None:
@@ -67,7 +69,8 @@ def route_openapi(
         config = _transcode_config(loaded, route)
         assert config is not None
         index = loaded.protos[config.proto_id]
-        group = groups.setdefault((config.proto_id, _json_options(config)), [])
+        key = (config.proto_id, _json_options(config), StreamFormat(config.stream_format))
+        group = groups.setdefault(key, [])
         known = {_binding_key(b) for b in group}
         for binding in _route_bindings(route, config, index):
             if _binding_key(binding) not in known:
@@ -82,8 +85,9 @@ def route_openapi(
             server_url=server_url,
             bindings=bindings,
             file_set=_source_file_set(loaded, proto_id),
+            stream_format=stream_format,
         )
-        for (proto_id, options), bindings in groups.items()
+        for (proto_id, options, stream_format), bindings in groups.items()
     ]
     if not documents:
         return build_openapi(DescriptorIndex(descriptor_pb2.FileDescriptorSet()), [], title=title, version=version)

@@ -46,13 +46,18 @@ def material_path(value: str, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
-def read_material(value: str, base_dir: Path, field: str) -> bytes:
+def read_material(value: str, base_dir: Path, field: str, *, secret: bool = False) -> bytes:
     path = material_path(value, base_dir)
     if path is None:
         return value.strip().encode() + b"\n"
     try:
         return path.read_bytes()
     except OSError as exc:
+        if secret:  # a key pasted without its -----BEGIN line is taken for a path: never echo it (logs, Admin API)
+            reason = exc.strerror or type(exc).__name__
+            raise TlsMaterialError(
+                field, f"not PEM (no -----BEGIN line), nor a file that can be read: {reason}"
+            ) from None
         raise TlsMaterialError(field, f"cannot read {path}: {exc.strerror or exc}") from None
 
 
@@ -128,7 +133,7 @@ def load_bundle(
         except Exception as exc:  # ValueError (names), TypeError (key types), InvalidSignature: no common base
             message = f"certificate {index + 1} of the chain is not issued by certificate {index + 2}"
             raise TlsMaterialError(cert_field, f"{message} ({type(exc).__name__})") from None
-    key_pem = read_material(key, base_dir, key_field)
+    key_pem = read_material(key, base_dir, key_field, secret=True)
     password = _passphrase(passphrase_env, "key_passphrase_env")
     try:
         private_key = serialization.load_pem_private_key(key_pem, password=password)

@@ -11,13 +11,17 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from transcoder.descriptors import DescriptorIndex, HttpBinding, MethodInfo
 from transcoder.httprule import DEEP_WILDCARD, WILDCARD, PathTemplate
 from transcoder.response import JsonOptions
+from transcoder.streaming import NDJSON_TYPE, StreamFormat, negotiate_stream_format
 
 __all__ = ["OPENAPI_VERSION", "build_openapi", "openapi_path"]
 
 OPENAPI_VERSION = "3.1.0"
 _OPERATION_KINDS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
-_NDJSON = "application/x-ndjson"
+_NDJSON = NDJSON_TYPE
 _JSON = "application/json"
+_SSE = "text/event-stream"
+# Every Accept header that negotiate_stream_format tells apart: none of its types, NDJSON, SSE.
+_STREAM_ACCEPTS = (None, _NDJSON, _SSE)
 _STATUS = "google.rpc.Status"
 _HTTP_BODY = "google.api.HttpBody"  # raw bytes in its own content type, not JSON (as grpc-gateway serves it)
 _RAW = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
@@ -94,17 +98,21 @@ def build_openapi(
     server_url: str | None = None,
     bindings: Iterable[HttpBinding] | None = None,
     file_set: descriptor_pb2.FileDescriptorSet | None = None,
+    stream_format: StreamFormat = StreamFormat.NDJSON,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document for the HTTP bindings of `methods` (default: every method of `index`).
 
     `bindings`, when given, replaces the methods' own (a route's auto-mapped or fixed-method bindings).
     `file_set` is the set `index` was built from: its source_code_info gives summaries and descriptions
     (a DescriptorPool drops comments, so the index cannot supply them).
+    `stream_format` is the route's framing of server-streamed answers: a streamed answer lists every
+    content type the gateway can send for it (streaming.negotiate_stream_format), each marked with
+    `x-protogate-stream` (`ndjson`: the schema describes one line; `sse`: one event; `array`: the whole body).
     """
     if bindings is None:
         scope = methods if methods is not None else [m for key, m in index.methods.items() if key.startswith("/")]
         bindings = [binding for method in scope for binding in method.bindings]
-    builder = _Builder(index, json_options, _comments(file_set) if file_set is not None else {})
+    builder = _Builder(index, json_options, _comments(file_set) if file_set is not None else {}, stream_format)
     for binding in bindings:
         builder.add(binding)
     return builder.document(title, version, server_url)
@@ -198,10 +206,15 @@ def _summary(comment: str) -> str:
 
 
 class _Builder:
-    def __init__(self, index: DescriptorIndex, options: JsonOptions, comments: dict[str, str]) -> None:
+    def __init__(
+        self, index: DescriptorIndex, options: JsonOptions, comments: dict[str, str], stream_format: StreamFormat
+    ) -> None:
         self.index = index
         self.options = options
         self.comments = comments
+        # (content type, framing) of a streamed answer, the route's default first.
+        chosen = dict.fromkeys(negotiate_stream_format(accept, stream_format) for accept in _STREAM_ACCEPTS)
+        self.stream_media = [(content_type, framing) for framing, content_type in chosen]
         self.schemas: dict[str, dict[str, Any]] = {}
         self.paths: dict[str, dict[str, Any]] = {}
         self.tags: dict[str, dict[str, Any]] = {}
@@ -266,11 +279,22 @@ class _Builder:
             body_type = method.input_descriptor if binding.body == "*" else body_field and body_field.message_type
             if body_type is not None and body_type.full_name == _HTTP_BODY:
                 op["requestBody"] = {"content": dict(_RAW)}
+            elif method.client_streaming:
+                # Read line by line whatever the Content-Type; grpc-gateway's clients send application/json.
+                line = {"schema": self.body_schema(binding), "x-protogate-stream": str(StreamFormat.NDJSON)}
+                op["requestBody"] = {
+                    "description": "A stream of request messages: one JSON object per line, each sent upstream "
+                    "as it arrives.",
+                    "content": {_NDJSON: line, _JSON: dict(line)},
+                }
             else:
-                media = _NDJSON if method.client_streaming else _JSON
-                op["requestBody"] = {"content": {media: {"schema": self.body_schema(binding)}}}
+                op["requestBody"] = {"content": {_JSON: {"schema": self.body_schema(binding)}}}
+        streamed = method.server_streaming and not self.returns_raw(binding)
         op["responses"] = {
-            "200": {"description": "A successful response.", "content": self.success_content(binding)},
+            "200": {
+                "description": _STREAMED if streamed else "A successful response.",
+                "content": self.success_content(binding),
+            },
             "default": {
                 "description": "An error: a google.rpc.Status as JSON.",
                 "content": {_JSON: {"schema": self.message_ref(self.index.pool.FindMessageTypeByName(_STATUS))}},
@@ -363,9 +387,13 @@ class _Builder:
         schema["properties"] = {k: v for k, v in full.get("properties", {}).items() if k not in names}
         return schema
 
+    @staticmethod
+    def returns_raw(binding: HttpBinding) -> bool:
+        return binding.method.output_descriptor.full_name == _HTTP_BODY and not binding.response_body
+
     def success_content(self, binding: HttpBinding) -> dict[str, Any]:
         output = binding.method.output_descriptor
-        if output.full_name == _HTTP_BODY and not binding.response_body:
+        if self.returns_raw(binding):
             return dict(_RAW)  # streamed or not, the body is the data of each HttpBody in turn
         if binding.response_body:
             schema = self.field_schema(output.fields_by_name[binding.response_body], nullable=False)
@@ -374,12 +402,10 @@ class _Builder:
         if not binding.method.server_streaming:
             return {_JSON: {"schema": schema}}
         status = self.message_ref(self.index.pool.FindMessageTypeByName(_STATUS))
-        item = {
-            "type": "object",
-            "description": 'One line per message: {"result": ...}, or {"error": ...} if the stream fails.',
-            "properties": {"result": schema, "error": status},
+        return {
+            content_type: {"schema": _stream_schema(framing, schema, status), "x-protogate-stream": str(framing)}
+            for content_type, framing in self.stream_media
         }
-        return {_NDJSON: {"schema": item}}
 
     # -- schemas
 
@@ -470,6 +496,55 @@ class _Builder:
         if field.GetOptions().deprecated:
             schema = {**schema, "deprecated": True}
         return schema
+
+
+_STREAMED = (
+    "A stream of messages, written as they arrive, framed by the route's stream_format; "
+    "`Accept: text/event-stream` asks for server-sent events. A failure before the first message "
+    "is an error answer instead."
+)
+
+
+def _stream_schema(framing: StreamFormat, message: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """What streaming.StreamFramer writes: the schema of one NDJSON line, of one SSE event, or of the whole array."""
+    if framing == StreamFormat.NDJSON:
+        return {
+            "type": "object",
+            "description": 'One line per message, {"result": <message>}; a failure after the first message '
+            'is a last line {"error": <google.rpc.Status>}.',
+            "properties": {"result": message, "error": status},
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": False,
+        }
+    if framing == StreamFormat.SSE:
+
+        def data(schema: dict[str, Any]) -> dict[str, Any]:
+            return {"type": "string", "contentMediaType": _JSON, "contentSchema": schema}
+
+        return {
+            "description": "One event per message, its data the message as JSON; a failure after the first "
+            "message is an `event: error` whose data is a google.rpc.Status.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"event": {"const": "message"}, "data": data(message)},
+                },
+                {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {"event": {"const": "error"}, "data": data(status)},
+                },
+            ],
+        }
+    failure = {"type": "object", "required": ["error"], "properties": {"error": status}, "additionalProperties": False}
+    return {
+        "type": "array",
+        "description": "The messages as one JSON array; a failure after the first message ends it with "
+        '{"error": <google.rpc.Status>}.',
+        "items": {"anyOf": [message, failure]},
+    }
 
 
 def _is_map(field: FieldDescriptor) -> bool:

@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.admin.auth import auth_middleware
+from gateway.admin.redaction import REDACTED, restore
 from gateway.admin.responses import error_response, issue_list, object_body, object_response
 from gateway.config import models
 from gateway.config.models import AdminSettings
@@ -237,11 +238,7 @@ async def _write(
             referrers = sorted({f"{i['kind']}/{i['id']}" for i in issues if "kind" in i})
             message = f"{kind}/{obj_id} is still in use" + (f" by {', '.join(referrers)}" if referrers else "")
             raise _Refusal(error_response(400, message, errors=issues, referrers=referrers)) from None
-        count = len(issues)
-        message = f"invalid {kind} {obj_id!r} ({count} error{'s' if count != 1 else ''}): " + "; ".join(
-            f"{i['path']}: {i['message']}" for i in issues
-        )
-        raise _Refusal(error_response(400, message, errors=issues)) from None
+        raise _Refusal(_invalid(kind, obj_id, issues)) from None
     except StoreReadOnly as exc:
         raise _Refusal(error_response(405, str(exc), headers={"Allow": "GET"})) from None
     except StoreConflict as exc:
@@ -252,6 +249,33 @@ async def _write(
         raise _Refusal(error_response(503, f"the config store did not take the change: {exc}")) from None
 
 
+def _invalid(kind: str, obj_id: str, issues: list[dict[str, Any]]) -> web.Response:
+    count = len(issues)
+    message = f"invalid {kind} {obj_id!r} ({count} error{'s' if count != 1 else ''}): " + "; ".join(
+        f"{i['path']}: {i['message']}" for i in issues
+    )
+    return error_response(400, message, errors=issues)
+
+
+def _unredacted(
+    request: web.Request, kind: str, obj_id: str, value: dict[str, Any], current: StoredObject | None
+) -> dict[str, Any]:
+    """`value` with the stored private keys where it says REDACTED (as GET showed them), or 400 naming the fields."""
+    value, missing = restore(kind, value, current.value if current is not None else None)
+    if missing:
+        # The issue path points into the would-be document, as the loader's do: a new object goes last.
+        ids = list(_objects(request, kind))
+        index = ids.index(obj_id) if obj_id in ids else len(ids)
+        message = f"{REDACTED!r} keeps the stored private key, and {kind}/{obj_id} has none here: "
+        message += "send the key (PEM) or a file path"
+        issues = [
+            {"path": f"{kind}[{index}].{field}", "message": message, "kind": kind, "id": obj_id, "field": field}
+            for field in missing
+        ]
+        raise _Refusal(_invalid(kind, obj_id, issues))
+    return value
+
+
 @_refusing
 async def put_object(request: web.Request) -> web.Response:
     kind = _kind(request)
@@ -259,10 +283,15 @@ async def put_object(request: web.Request) -> web.Response:
     obj_id = request.match_info.get("id") or str(value.get(id_field(kind)) or "")
     if not obj_id:
         raise _Refusal(error_response(400, f"give the id in the path (PUT {PREFIX}/{kind}/ID) or as {id_field(kind)}"))
-    existed = obj_id in _objects(request, kind)
-    stored = await _write(request, kind, obj_id, _with_id(kind, obj_id, value), _expected(request))
+    current = _objects(request, kind).get(obj_id)
+    expect = _expected(request)
+    sent = _with_id(kind, obj_id, value)
+    value = _unredacted(request, kind, obj_id, sent, current)
+    if value is not sent and expect is None and current is not None:
+        expect = current.revision  # the kept key is that revision's: a key changed since then is not put back
+    stored = await _write(request, kind, obj_id, value, expect)
     assert stored is not None
-    return object_response(stored, 200 if existed else 201)
+    return object_response(stored, 200 if current is not None else 201)
 
 
 @_refusing
@@ -280,7 +309,8 @@ async def create_object(request: web.Request) -> web.Response:
         obj_id = str(value.get(key) or "")
         if not obj_id:
             raise _Refusal(error_response(400, f"{kind} are named by {key}: give it in the body"))
-    stored = await _write(request, kind, obj_id, _with_id(kind, obj_id, value), 0)  # 0: only if it does not exist
+    value = _unredacted(request, kind, obj_id, _with_id(kind, obj_id, value), None)
+    stored = await _write(request, kind, obj_id, value, 0)  # 0: only if it does not exist
     assert stored is not None
     return object_response(stored, 201)
 
@@ -304,9 +334,8 @@ async def patch_object(request: web.Request) -> web.Response:
         raise _Refusal(error_response(400, "the patch must leave an object"))
     expect = _expected(request)
     # Without If-Match the patch still applies to the revision it was merged with, or 409.
-    stored = await _write(
-        request, kind, obj_id, _with_id(kind, obj_id, merged), expect if expect is not None else current.revision
-    )
+    merged = _unredacted(request, kind, obj_id, _with_id(kind, obj_id, merged), current)
+    stored = await _write(request, kind, obj_id, merged, expect if expect is not None else current.revision)
     assert stored is not None
     return object_response(stored)
 

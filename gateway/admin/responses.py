@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.redaction import redact
 from gateway.config.loader import ConfigIssue
 from gateway.store.base import RESOURCE_KINDS, StoredObject
 
@@ -22,7 +23,7 @@ def error_response(status: int, message: str, *, headers: dict[str, str] | None 
 def object_body(obj: StoredObject) -> dict[str, Any]:
     return {
         "key": f"{KEY_PREFIX}/{obj.kind}/{obj.id}",
-        "value": obj.value,
+        "value": redact(obj.kind, obj.value),  # inline private keys never leave the gateway
         "createdIndex": obj.created_revision or obj.revision,
         "modifiedIndex": obj.revision,
     }

@@ -1,8 +1,9 @@
-"""The Admin API on a real gateway process: CRUD of every kind, refusals, concurrency, auth, schemas, export."""
+"""The Admin API on a real gateway process: CRUD of every kind, refusals, concurrency, auth, schemas, export, keys."""
 
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 import yaml
 from admin_harness import KEY, AdminGateway, admin_section, start_admin_gateway, start_http_upstream, write_config
 from processes import BIN, start
+from tls_certs import CertificateAuthority, server_cert
+
+from gateway.admin.redaction import REDACTED
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +238,49 @@ def test_export_round_trips_through_run(gateway: AdminGateway, upstream_port: in
     validate = start([str(BIN / "protogate"), "validate", "-c", str(again)])
     assert validate.popen.wait(timeout=30) == 0
     validate.stop()
+
+
+def test_private_keys_never_leave_through_the_admin_api(gateway: AdminGateway, tmp_path: Path) -> None:
+    api = server_cert(CertificateAuthority(tmp_path / "pki", "admin"), "api.test")
+    pem_body = "".join(api.key_pem.strip().splitlines()[1:-1])
+    status, _, body = gateway.admin(
+        "PUT", "/ssls/api", {"cert": api.cert_pem, "key": api.key_pem, "snis": ["api.test"]}
+    )
+    assert status == 201 and body["value"]["key"] == REDACTED
+    assert gateway.admin("GET", "/ssls")[2]["list"][0]["value"]["key"] == REDACTED
+    # GET, change, PUT back: the stored key stays.
+    value = gateway.admin("GET", "/ssls/api")[2]["value"]
+    assert value["key"] == REDACTED and value["cert"] == api.cert_pem
+    value["snis"] = ["api.test", "www.api.test"]
+    status, _, body = gateway.admin("PUT", "/ssls/api", value)
+    assert status == 200 and body["value"]["snis"] == ["api.test", "www.api.test"], body
+    # The marker on a new object stands for nothing: refused, with the field's path.
+    status, _, body = gateway.admin("POST", "/ssls", {**value, "id": None, "snis": ["new.test"]})
+    assert status == 400 and body["errors"][0]["path"] == "ssls[1].key"
+    # A key pasted without its -----BEGIN line is refused without being echoed.
+    status, _, body = gateway.admin("PUT", "/ssls/pasted", {"cert": api.cert_pem, "key": pem_body, "snis": ["p.test"]})
+    assert status == 400 and body["errors"][0]["path"] == "ssls[1].key"
+    assert pem_body[:24] not in json.dumps(body)
+    # `protogate export` is the operator's backup: it has the key itself.
+    done = subprocess.run(
+        [str(BIN / "protogate"), "export", "-c", str(tmp_path / "gateway.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    exported = yaml.safe_load(done.stdout)["ssls"]
+    assert [(s["id"], s["key"], s["snis"]) for s in exported] == [("api", api.key_pem, ["api.test", "www.api.test"])]
+    # The same key written into the data file by hand: refused and logged without it, never shown.
+    data = yaml.safe_load((tmp_path / "data.yaml").read_text())
+    data["ssls"].append({"id": "by-hand", "cert": api.cert_pem, "key": pem_body, "snis": ["hand.test"]})
+    data["_revisions"]["revision"] += 1
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
+    gateway.process.wait_for("config change refused")
+    listed = gateway.admin("GET", "/ssls")[2]["list"]
+    assert [item["value"]["key"] for item in listed] == [REDACTED, REDACTED]
+    status = gateway.admin("GET", "/status")[2]
+    assert status["last_error"]["errors"][0]["path"] == "ssls[1].key"
+    assert pem_body[:24] not in json.dumps(status)
+    gateway.process.stop()
+    assert not any(pem_body[:24] in line or pem_body[-24:] in line for line in gateway.process.output)  # never logged

@@ -14,6 +14,7 @@ from gateway_harness import QUICKSTART, Client, GatewayFactory, bookstore_config
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 from processes import BIN
+from schemathesis.core.transport import Response
 
 from gateway.config.loader import load_document
 from gateway.openapi_endpoint import route_openapi
@@ -108,29 +109,102 @@ def test_gateway_conforms_to_its_document(
     assert not failures, json.dumps(failures, indent=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the document gives streamed answers as application/x-ndjson while the gateway sends grpc-gateway's "
-    "application/json by default, and schemathesis cannot build application/x-ndjson request bodies",
-)
+STREAM_FORMATS = ["ndjson", "sse", "array"]
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _one_line(ctx: Any, value: Any) -> bytes:
+    # A request stream of one message: what the document's schema for a line describes.
+    return json.dumps(value).encode() + b"\n"
+
+
+@schemathesis.deserializer("application/x-ndjson")
+def _line(ctx: Any, response: Any) -> Any:
+    return json.loads(response.content)  # stream_lines_conform hands over one line at a time
+
+
+def stream_lines_conform(ctx: Any, response: Any, case: Any) -> bool | None:
+    """response_schema_conformance, but a body the document marks `x-protogate-stream: ndjson` is checked per line."""
+    media_type = (response.headers.get("content-type") or [""])[0].split(";", 1)[0].strip()
+    documented = case.operation.definition.raw["responses"].get(str(response.status_code), {}).get("content", {})
+    if documented.get(media_type, {}).get("x-protogate-stream") != "ndjson":
+        return schemathesis.checks.response_schema_conformance(ctx, response, case)
+    for line in response.content.splitlines():
+        one = Response(response.status_code, response.headers, line, response.request, response.elapsed, True)
+        case.operation.validate_response(one, case=case)
+    return None
+
+
+STREAM_CHECKS = [check for check in CHECKS if check is not schemathesis.checks.response_schema_conformance]
+STREAM_CHECKS.append(stream_lines_conform)
+
+
+@pytest.mark.parametrize("stream_format", STREAM_FORMATS)
 def test_streaming_operations_conform(
-    gateway_factory: GatewayFactory, bookstore_descriptor_set: Path, fresh_backend: int
+    gateway_factory: GatewayFactory, bookstore_descriptor_set: Path, fresh_backend: int, stream_format: str
 ) -> None:
-    config = bookstore_config(bookstore_descriptor_set, fresh_backend)
+    config = bookstore_config(bookstore_descriptor_set, fresh_backend, stream_format=stream_format)
     gateway = gateway_factory(config)
     document = route_openapi(load_document(config), server_url=gateway.url)
+    validate(document)
     schema = schemathesis.openapi.from_dict(_without_dotted_path_names(document))
     streaming = [r.ok() for r in schema.get_all_operations() if _is_streaming(r.ok())]
     assert streaming, "the bookstore has no streaming methods any more: drop this test"
+    failures: dict[str, str] = {}
     for operation in streaming:
-        _fuzz(operation, gateway.url)
+        # Each content type the document lists for the answer, asked for as the client would.
+        for media_type in operation.definition.raw["responses"]["200"]["content"]:
+            label = f"{operation.label} Accept: {media_type}"
+            try:
+                _fuzz(operation, gateway.url, checks=STREAM_CHECKS, headers={"Accept": media_type})
+            except (Exception, BaseExceptionGroup) as exc:
+                failures[label] = f"{type(exc).__name__}: {exc}"[:2000]
+    assert not failures, json.dumps(failures, indent=2)
+
+
+ACCEPTS = [None, "application/json", "application/x-ndjson", "text/event-stream", "application/x-ndjson, */*;q=0.1"]
+
+
+@pytest.mark.parametrize("stream_format", STREAM_FORMATS)
+def test_streamed_answers_are_exactly_what_the_document_lists(
+    gateway_factory: GatewayFactory, bookstore_descriptor_set: Path, bookstore: int, stream_format: str
+) -> None:
+    """Every Accept the gateway tells apart, with whole streams and streams that fail midway: the content types
+    seen are the documented ones (no more, no fewer), and each body matches its media type's schema."""
+    config = bookstore_config(bookstore_descriptor_set, bookstore, stream_format=stream_format)
+    gateway = gateway_factory(config)
+    document = route_openapi(load_document(config), server_url=gateway.url)
+    schema = schemathesis.openapi.from_dict(_without_dotted_path_names(document))
+    operation = schema["/v1/shelves/{shelf}/books:stream"]["GET"]
+    documented = operation.definition.raw["responses"]["200"]["content"]
+    seen: set[str] = set()
+    for accept in ACCEPTS:
+        for query in ({"limit": 2}, {"limit": 3, "fail_after": 1}):
+            case = operation.Case(path_parameters={"shelf": "1"}, query=query)
+            response = case.call(base_url=gateway.url, headers={"Accept": accept} if accept else {}, timeout=10)
+            assert response.status_code == 200, response.content
+            media_type = response.headers["content-type"][0]
+            seen.add(media_type)
+            case.validate_response(response, checks=STREAM_CHECKS)
+            body = response.content.decode()
+            framing = documented[media_type]["x-protogate-stream"]
+            failed = "fail_after" in query
+            if framing == "ndjson":
+                lines = [json.loads(line) for line in body.splitlines()]
+                assert [next(iter(line)) for line in lines] == (["result", "error"] if failed else ["result"] * 2)
+            elif framing == "sse":
+                assert body.count("data: ") == 2 and ("event: error\n" in body) == failed
+            else:
+                items = json.loads(body)
+                assert len(items) == 2 and ("error" in items[-1]) == failed
+    assert seen == set(documented)
 
 
 def _is_streaming(operation: Any) -> bool:
     raw = operation.definition.raw
     grpc_method = raw.get("x-protogate-grpc-method", "")
     described = json.dumps([raw.get("requestBody", {}), raw["responses"]["200"]])
-    return "application/x-ndjson" in described or grpc_method.endswith("/ExportBooks")
+    return "x-protogate-stream" in described or grpc_method.endswith("/ExportBooks")
 
 
 def _without_dotted_path_names(document: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +225,7 @@ def _without_dotted_path_names(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _fuzz(operation: Any, base_url: str) -> None:
+def _fuzz(operation: Any, base_url: str, checks: list[Any] = CHECKS, headers: dict[str, str] | None = None) -> None:
     @given(case=operation.as_strategy())
     @settings(
         max_examples=EXAMPLES_PER_OPERATION,
@@ -161,7 +235,7 @@ def _fuzz(operation: Any, base_url: str) -> None:
         suppress_health_check=list(HealthCheck),
     )
     def run(case: Any) -> None:
-        case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=5)
+        case.call_and_validate(base_url=base_url, checks=checks, headers=headers, timeout=5)
 
     run()
 

@@ -18,6 +18,7 @@ from transcoder.descriptors import DescriptorIndex
 from transcoder.httprule import parse_template
 from transcoder.openapi import build_openapi, openapi_path
 from transcoder.response import JsonOptions
+from transcoder.streaming import StreamFormat
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PROTOS = REPO / "protos" / "examples"
@@ -384,12 +385,16 @@ def test_deprecation_streams_recursion_and_custom_methods(
     assert "node.id" in _params(find, "query")
     assert not any(name.startswith(("node.parent", "node.children")) for name in _params(find, "query"))
     walk = _op(doc, "/v1/walk", "get")["responses"]["200"]["content"]
-    assert list(walk) == ["application/x-ndjson"]
-    item = walk["application/x-ndjson"]["schema"]["properties"]
+    assert list(walk) == ["application/json", "application/x-ndjson", "text/event-stream"]  # see test_stream_formats
+    item = walk["application/json"]["schema"]["properties"]
     assert item["result"] == {"$ref": "#/components/schemas/protogate.test.extra.Node"}
     assert item["error"] == {"$ref": "#/components/schemas/google.rpc.Status"}
     upload = _op(doc, "/v1/upload", "post")["requestBody"]["content"]
-    assert list(upload) == ["application/x-ndjson"]
+    assert list(upload) == ["application/x-ndjson", "application/json"]  # read line by line whatever it says
+    assert upload["application/x-ndjson"] == {
+        "schema": {"$ref": "#/components/schemas/protogate.test.extra.Node"},
+        "x-protogate-stream": "ndjson",
+    }
     raw = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
     assert _op(doc, "/v1/download/{path}", "get")["responses"]["200"]["content"] == raw  # google.api.HttpBody
     assert _op(doc, "/v1/put", "put")["requestBody"]["content"] == raw
@@ -402,3 +407,66 @@ def test_deprecation_streams_recursion_and_custom_methods(
             "why": "no OpenAPI operation for this HTTP method",
         }
     ]
+
+
+# -- streamed answers ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stream_format", "content"),
+    [
+        (
+            StreamFormat.NDJSON,
+            {"application/json": "ndjson", "application/x-ndjson": "ndjson", "text/event-stream": "sse"},
+        ),
+        (StreamFormat.SSE, {"text/event-stream": "sse"}),
+        (StreamFormat.ARRAY, {"application/json": "array", "text/event-stream": "sse"}),
+    ],
+)
+def test_stream_formats(
+    extra: tuple[DescriptorIndex, descriptor_pb2.FileDescriptorSet],
+    stream_format: StreamFormat,
+    content: dict[str, str],
+) -> None:
+    """A streamed answer lists every content type the route can send (the default first), each with its framing."""
+    index, _ = extra
+    doc = build_openapi(index, title="t", version="1", stream_format=stream_format)
+    validate(doc)
+    walk = _op(doc, "/v1/walk", "get")["responses"]["200"]
+    assert {media: entry["x-protogate-stream"] for media, entry in walk["content"].items()} == content
+    assert list(walk["content"]) == list(content)
+    assert "text/event-stream" in walk["description"]
+    node = {"$ref": "#/components/schemas/protogate.test.extra.Node"}
+    status = {"$ref": "#/components/schemas/google.rpc.Status"}
+    sse = walk["content"]["text/event-stream"]["schema"]["oneOf"]
+    assert sse[0]["properties"]["data"] == {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": node,
+    }
+    assert sse[1]["required"] == ["event", "data"] and sse[1]["properties"]["event"] == {"const": "error"}
+    assert sse[1]["properties"]["data"]["contentSchema"] == status
+    if stream_format == StreamFormat.ARRAY:
+        array = walk["content"]["application/json"]["schema"]
+        assert array["type"] == "array" and array["items"]["anyOf"][0] == node
+        assert array["items"]["anyOf"][1]["properties"] == {"error": status}
+    # Unary answers, raw HttpBody streams and errors do not depend on the stream format.
+    assert list(_op(doc, "/v1/files/{path}", "get")["responses"]["200"]["content"]) == ["application/json"]
+    assert list(_op(doc, "/v1/download/{path}", "get")["responses"]["200"]["content"]) == ["*/*"]
+    assert list(_op(doc, "/v1/walk", "get")["responses"]["default"]["content"]) == ["application/json"]
+
+
+def test_an_ndjson_line_holds_a_result_or_an_error(
+    extra: tuple[DescriptorIndex, descriptor_pb2.FileDescriptorSet],
+) -> None:
+    import jsonschema
+
+    index, _ = extra
+    doc = build_openapi(index, title="t", version="1")
+    line = _op(doc, "/v1/walk", "get")["responses"]["200"]["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator({**line, "components": doc["components"]})
+    assert validator.is_valid({"result": {"id": "a"}})
+    assert validator.is_valid({"error": {"code": 10, "message": "aborted", "details": []}})
+    assert not validator.is_valid({})
+    assert not validator.is_valid({"result": {"id": "a"}, "error": {"code": 10}})
+    assert not validator.is_valid({"id": "a"})  # a bare message is not what the gateway writes
