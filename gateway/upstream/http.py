@@ -110,6 +110,11 @@ class HttpUpstream:
         )
         self.nodes = NodeSet(upstream, tls=tls)  # https probes trust and present what calls do
 
+    @property
+    def node_set(self) -> NodeSet:
+        """The nodes' health and load, by the name GrpcUpstream gives them (status pages read either)."""
+        return self.nodes
+
     async def close(self) -> None:
         await self.nodes.close()
         await self.session.close()

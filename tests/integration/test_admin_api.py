@@ -59,6 +59,8 @@ def test_every_kind_is_created_read_listed_patched_and_deleted(
         assert body["key"] == f"/protogate/{kind}/{obj_id}"
         assert headers["etag"] == f'"{body["modifiedIndex"]}"'
     assert gateway.get("/echo/hello")[0] == 200
+    health = gateway.admin("GET", "/status")[2]["upstream_health"]  # HTTP upstreams report their nodes too
+    assert [node["node"] for node in health["echo"]] == [f"127.0.0.1:{upstream_port}"]
 
     for kind, obj_id, _ in writes:
         status, _, body = gateway.admin("GET", f"/{kind}/{obj_id}")
@@ -271,6 +273,13 @@ def test_private_keys_never_leave_through_the_admin_api(gateway: AdminGateway, t
     )
     exported = yaml.safe_load(done.stdout)["ssls"]
     assert [(s["id"], s["key"], s["snis"]) for s in exported] == [("api", api.key_pem, ["api.test", "www.api.test"])]
+    backup = tmp_path / "backup.yaml"
+    backup.write_text("")
+    backup.chmod(0o644)
+    args = [str(BIN / "protogate"), "export", "-c", str(tmp_path / "gateway.yaml"), "-o", str(backup)]
+    subprocess.run(args, capture_output=True, timeout=30, check=True)
+    assert backup.stat().st_mode & 0o777 == 0o600  # keys inside: the owner's only
+    assert yaml.safe_load(backup.read_text())["ssls"] == exported
     # The same key written into the data file by hand: refused and logged without it, never shown.
     data = yaml.safe_load((tmp_path / "data.yaml").read_text())
     data["ssls"].append({"id": "by-hand", "cert": api.cert_pem, "key": pem_body, "snis": ["hand.test"]})
