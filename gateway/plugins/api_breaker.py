@@ -1,14 +1,14 @@
 """api-breaker: stop calling an upstream that keeps failing, for a time that doubles while it keeps failing.
 
-APISIX's algorithm, per route: every answer with an unhealthy status counts; each `failures`-th one
-(re)opens the breaker at that moment. While open, requests get `break_response_code` without calling
-the upstream, for 2^ceil(count / failures) seconds (at most `max_breaker_sec`); after that requests go
+APISIX's algorithm, per route (APISIX keeps one breaker per `$host$uri`; one per route protects the upstream
+as soon as any of its paths keeps failing): every answer with an unhealthy status counts; each `failures`-th
+one (re)opens the breaker at that moment. While open, requests get `break_response_code` without calling the
+upstream, for 2^max(1, floor(count / failures)) seconds (at most `max_breaker_sec`); after that requests go
 through again, and `successes` healthy answers in a row close the breaker and clear the count.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Annotated, ClassVar
@@ -17,7 +17,8 @@ from pydantic import Field, field_validator
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin, PluginConfig
-from gateway.plugins.proxy_rewrite import HeaderOps
+from gateway.plugins.proxy_rewrite import HeaderOps, checked_header_value
+from gateway.plugins.variables import Template
 from gateway.responses import ProxyResponse, Reply
 
 Status = Annotated[int, Field(ge=200, le=599)]
@@ -25,7 +26,7 @@ Status = Annotated[int, Field(ge=200, le=599)]
 
 class BreakHeader(PluginConfig):
     key: str = Field(min_length=1)
-    value: str
+    value: str = Field(min_length=1)  # may use $var
 
 
 class Unhealthy(PluginConfig):
@@ -49,7 +50,7 @@ class ApiBreakerConfig(PluginConfig):
     @field_validator("break_response_headers")
     @classmethod
     def _check_headers(cls, value: list[BreakHeader]) -> list[BreakHeader]:
-        HeaderOps(set={h.key: h.value for h in value})  # the same name and value rules as the rewrite plugins
+        HeaderOps(set={h.key: h.value for h in value})  # the same name, value and $var rules as the rewrite plugins
         return value
 
 
@@ -67,7 +68,7 @@ class Breaker:
         if self.opened_at is None or self.unhealthy_count == 0:
             return False
         failures = self.config.unhealthy.failures
-        breaker_time = min(2 ** math.ceil(self.unhealthy_count / failures), self.config.max_breaker_sec)
+        breaker_time = min(2 ** max(1, self.unhealthy_count // failures), self.config.max_breaker_sec)
         return self.clock() <= self.opened_at + breaker_time
 
     def record(self, status: int) -> None:
@@ -91,16 +92,17 @@ class ApiBreaker(Plugin[ApiBreakerConfig]):
     priority: ClassVar[int] = 1005
     Config = ApiBreakerConfig
 
-    def __init__(self, config: ApiBreakerConfig) -> None:
+    def __init__(self, config: ApiBreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(config)
-        self.breaker = Breaker(config)
+        self.breaker = Breaker(config, clock)
+        self._headers = [(h.key, Template.parse(h.value)) for h in config.break_response_headers]
         self._var = f"api-breaker#{id(self)}"
 
     async def access(self, ctx: RequestContext) -> Reply | None:
         if not self.breaker.is_open():
             return None
         config = self.config
-        headers = {h.key: h.value for h in config.break_response_headers}
+        headers = {name: checked_header_value(name, t.render(ctx)) for name, t in self._headers}
         return Reply(config.break_response_code, config.break_response_body or b"", headers)
 
     async def before_proxy(self, ctx: RequestContext) -> Reply | None:

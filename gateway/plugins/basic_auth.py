@@ -9,20 +9,20 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from gateway.consumers import Consumer
 from gateway.context import RequestContext
-from gateway.errors import GatewayError
 from gateway.plugins.base import Plugin, PluginConfig
+from gateway.plugins.key_auth import NO_ANONYMOUS, realm_field, unauthenticated
 from gateway.responses import Reply
-from transcoder.status import Code
 
-CHALLENGE = {"WWW-Authenticate": 'Basic realm="protogate"'}
 # Compared against when the username is unknown, so an unknown user costs what a wrong password costs.
 _DUMMY_PASSWORD = b"\x00" * 32
 
 
 class BasicAuthConfig(PluginConfig):
     hide_credentials: bool = False  # remove the Authorization header before the request goes upstream
-    anonymous_consumer: str | None = Field(default=None, min_length=1)  # requests without credentials run as this
+    anonymous_consumer: str | None = Field(default=None, min_length=1)  # requests that fail run as this
+    realm: str = realm_field("basic")
 
 
 class BasicAuthCredential(PluginConfig):
@@ -44,17 +44,29 @@ class BasicAuth(Plugin[BasicAuthConfig]):
 
     async def rewrite(self, ctx: RequestContext) -> Reply | None:
         config = self.config
+        consumer, message = self._authenticate(ctx)
+        if consumer is None:
+            challenge = f'Basic realm="{config.realm}"'
+            if config.anonymous_consumer is None:
+                raise unauthenticated(message, challenge)
+            # APISIX: missing and wrong credentials alike fall back to the anonymous consumer.
+            consumer = ctx.consumers.by_name.get(config.anonymous_consumer)
+            if consumer is None:
+                raise unauthenticated(NO_ANONYMOUS, challenge)
+        ctx.consumer = consumer
+        if config.hide_credentials:
+            ctx.headers.popall("Authorization", None)
+        return None
+
+    def _authenticate(self, ctx: RequestContext) -> tuple[Consumer | None, str]:
+        """(the consumer, "") or (None, why not)."""
         values = ctx.headers.getall("Authorization", [])
         if not values:
-            if config.anonymous_consumer is not None:
-                ctx.consumer = ctx.consumers.by_name.get(config.anonymous_consumer)
-                if ctx.consumer is not None:
-                    return None
-            raise _refuse("Missing authorization in request")
+            return None, "Missing authorization in request"
         # Two Authorization headers are ambiguous: the upstream might read the other one.
         parsed = _parse_basic(values[0]) if len(values) == 1 else None
         if parsed is None:
-            raise _refuse("Invalid authorization in request")
+            return None, "Invalid authorization in request"
         username, password = parsed
         consumer = ctx.consumers.find(self.name, username)
         expected = _DUMMY_PASSWORD
@@ -65,11 +77,8 @@ class BasicAuth(Plugin[BasicAuthConfig]):
         matches = hmac.compare_digest(password.encode(), expected)
         if consumer is None or not matches:
             # One message for an unknown user and a wrong password: the answer must not confirm usernames.
-            raise _refuse("Invalid user authorization")
-        ctx.consumer = consumer
-        if config.hide_credentials:
-            ctx.headers.popall("Authorization", None)
-        return None
+            return None, "Invalid user authorization"
+        return consumer, ""
 
 
 def _parse_basic(value: str) -> tuple[str, str] | None:
@@ -88,7 +97,3 @@ def _parse_basic(value: str) -> tuple[str, str] | None:
     if not sep or not username:
         return None
     return username, password
-
-
-def _refuse(message: str) -> GatewayError:
-    return GatewayError(401, Code.UNAUTHENTICATED, message, headers=CHALLENGE)

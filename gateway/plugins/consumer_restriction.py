@@ -14,7 +14,11 @@ from transcoder.status import Code, code_from_http_status
 
 RestrictBy = Literal["consumer_name", "consumer_group_id", "service_id", "route_id"]
 Method = Literal["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"]
-NO_IDENTITY = "Missing authentication or identity verification."
+
+
+def no_value(restrict_by: str) -> str:
+    """APISIX 3's words when the request has no value of the restricted kind (no consumer, no service)."""
+    return f"The request is rejected, please check the {restrict_by} for this request"
 
 
 class AllowedByMethods(PluginConfig):
@@ -32,8 +36,7 @@ class ConsumerRestrictionConfig(PluginConfig):
 
     @model_validator(mode="after")
     def _one_list(self) -> ConsumerRestrictionConfig:
-        if self.whitelist is not None and self.blacklist is not None:
-            raise ValueError("give whitelist or blacklist, not both")
+        # Both lists may be given (APISIX's anyOf): the blacklist is checked first.
         if self.whitelist is None and self.blacklist is None and self.allowed_by_methods is None:
             raise ValueError("give one of whitelist, blacklist or allowed_by_methods")
         return self
@@ -55,7 +58,7 @@ class ConsumerRestriction(Plugin[ConsumerRestrictionConfig]):
         config = self.config
         value = _value_of(config.type, ctx)
         if value is None:
-            raise GatewayError(401, Code.UNAUTHENTICATED, NO_IDENTITY)
+            raise GatewayError(401, Code.UNAUTHENTICATED, no_value(config.type))
         allowed = True
         whitelisted = False
         if config.blacklist is not None and value in self._blacklist:
@@ -82,10 +85,7 @@ def _value_of(restrict_by: str, ctx: RequestContext) -> str | None:
     if restrict_by == "route_id":
         return ctx.route_id
     if restrict_by == "service_id":
-        # RequestContext does not carry the route's service yet (asked of the lead); until then a
-        # service restriction finds no value and refuses, never allows.
-        service_id = getattr(ctx, "service_id", None)
-        return service_id if isinstance(service_id, str) else None
+        return ctx.service_id
     consumer = ctx.consumer
     if consumer is None:
         return None

@@ -27,11 +27,14 @@ class CorsConfig(PluginConfig):
     allow_credential: bool = False
     # Full-match regexes; when given, they alone decide (APISIX ignores allow_origins then).
     allow_origins_by_regex: list[str] | None = Field(default=None, min_length=1)
+    # Which origins may read Resource Timing details (Timing-Allow-Origin); same forms as the two above.
+    timing_allow_origins: str | None = Field(default=None, min_length=1)
+    timing_allow_origins_by_regex: list[str] | None = Field(default=None, min_length=1)
 
-    @field_validator("allow_origins")
+    @field_validator("allow_origins", "timing_allow_origins")
     @classmethod
-    def _check_origins(cls, value: str) -> str:
-        if value in ("*", "**"):
+    def _check_origins(cls, value: str | None) -> str | None:
+        if value is None or value in ("*", "**"):
             return value
         for origin in value.split(","):
             if not _ORIGIN.match(origin.strip()):
@@ -52,20 +55,28 @@ class CorsConfig(PluginConfig):
             raise ValueError("expected '*', '**' or a comma list of header names")
         return value
 
-    @field_validator("allow_origins_by_regex")
+    @field_validator("allow_origins_by_regex", "timing_allow_origins_by_regex")
     @classmethod
     def _check_regex(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("regexes must be unique")
         for index, pattern in enumerate(value or ()):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"allow_origins_by_regex[{index}] is not a valid regex: {exc}") from None
+                raise ValueError(f"[{index}] is not a valid regex: {exc}") from None
         return value
 
     @model_validator(mode="after")
     def _credentials(self) -> CorsConfig:
         # A browser refuses `*` with credentials, so APISIX refuses the combination at load.
-        stars = [self.allow_origins, self.allow_methods, self.allow_headers, self.expose_headers]
+        stars = [
+            self.allow_origins,
+            self.allow_methods,
+            self.allow_headers,
+            self.expose_headers,
+            self.timing_allow_origins,
+        ]
         if self.allow_credential and "*" in stars:
             raise ValueError("you can not set '*' for other option when 'allow_credential' is true")
         return self
@@ -78,9 +89,10 @@ class Cors(Plugin[CorsConfig]):
 
     def __init__(self, config: CorsConfig) -> None:
         super().__init__(config)
-        origins = config.allow_origins
-        self._origins = frozenset() if origins in ("*", "**") else frozenset(o.strip() for o in origins.split(","))
+        self._origins = _origin_set(config.allow_origins)
         self._regexes = [re.compile(p) for p in config.allow_origins_by_regex or ()]
+        self._timing_origins = _origin_set(config.timing_allow_origins or "")
+        self._timing_regexes = [re.compile(p) for p in config.timing_allow_origins_by_regex or ()]
 
     async def rewrite(self, ctx: RequestContext) -> Reply | None:
         headers = ctx.request.headers
@@ -96,16 +108,7 @@ class Cors(Plugin[CorsConfig]):
         self._apply(ctx.request.headers, response.headers)
 
     def _allowed_origin(self, origin: str | None) -> str | None:
-        config = self.config
-        if self._regexes:
-            if origin is not None and any(p.fullmatch(origin) for p in self._regexes):
-                return origin
-            return None
-        if config.allow_origins == "*":
-            return "*"
-        if config.allow_origins == "**":
-            return origin or "*"
-        return origin if origin in self._origins else None
+        return _match_origin(origin, self.config.allow_origins, self._origins, self._regexes)
 
     def _apply(self, request_headers: CIMultiDictProxy[str], out: CIMultiDict[str]) -> None:
         config = self.config
@@ -114,6 +117,11 @@ class Cors(Plugin[CorsConfig]):
         if allowed != "*" or self._regexes:
             # The answer depends on Origin: a shared cache must keep one copy per origin.
             _add_vary(out, "Origin")
+        if config.timing_allow_origins is not None or self._timing_regexes:
+            timing = _match_origin(origin, config.timing_allow_origins, self._timing_origins, self._timing_regexes)
+            # Independent of the CORS answer; APISIX sends it only when it names this very origin, or is "*".
+            if timing is not None and timing in ("*", origin):
+                out["Timing-Allow-Origin"] = timing
         if allowed is None:
             return
         out["Access-Control-Allow-Origin"] = allowed
@@ -129,6 +137,29 @@ class Cors(Plugin[CorsConfig]):
             out["Access-Control-Expose-Headers"] = config.expose_headers
         if config.allow_credential:
             out["Access-Control-Allow-Credentials"] = "true"
+
+
+def _origin_set(origins: str) -> frozenset[str]:
+    if origins in ("", "*", "**"):
+        return frozenset()
+    return frozenset(o.strip() for o in origins.split(","))
+
+
+def _match_origin(
+    origin: str | None, origins: str | None, listed: frozenset[str], regexes: list[re.Pattern[str]]
+) -> str | None:
+    """What to answer for this Origin: the origin itself, "*", or None when it is not allowed."""
+    if regexes:
+        # Full matches, where APISIX searches: `https://.*\.example\.com` must not let in
+        # https://x.example.com.evil.net.
+        if origin is not None and any(p.fullmatch(origin) for p in regexes):
+            return origin
+        return None
+    if origins == "*":
+        return "*"
+    if origins == "**":
+        return origin or "*"
+    return origin if origin in listed else None
 
 
 def _add_vary(headers: CIMultiDict[str], name: str) -> None:

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin, PluginConfig
-from gateway.plugins.proxy_rewrite import HeaderOps, checked_header_value
+from gateway.plugins.proxy_rewrite import HeaderOps, checked_header_value, scalar
 from gateway.plugins.variables import Expression, Template, check_template, compile_expression
 from gateway.responses import Reply
 
@@ -48,6 +48,14 @@ class Abort(PluginConfig):
     def _check_body(cls, value: str | None) -> str | None:
         if value is not None:
             check_template(value)
+        return value
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        # APISIX takes numbers as header values.
+        if isinstance(value, dict):
+            return {name: scalar(v) for name, v in value.items()}
         return value
 
     @field_validator("headers")

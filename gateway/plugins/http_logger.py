@@ -17,21 +17,48 @@ from collections import deque
 from typing import Any, ClassVar, Literal
 
 import aiohttp
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, field_validator
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin, PluginConfig
+from gateway.plugins.variables import resolve_var
 from gateway.responses import ProxyResponse
 from gateway.telemetry.access_log import access_entry
 from gateway.telemetry.request import request_record
 
 log = logging.getLogger("protogate.plugins.http_logger")
 WARN_EVERY = 60.0
+MAX_LOG_FORMAT_DEPTH = 5
+# log_format variables nginx has and the access entry already measured: name -> (entry field, scale).
+_ENTRY_VARS = {
+    "time_iso8601": ("time", None),
+    "request_time": ("latency_ms", 1000),
+    "upstream_response_time": ("upstream_latency_ms", 1000),
+    "upstream_addr": ("upstream_addr", None),
+    "upstream_status": ("upstream_status", None),
+    "request_length": ("request_size", None),
+    "bytes_sent": ("response_size", None),
+    "server_protocol": ("protocol", None),
+}
+
+
+def _check_log_format(value: dict[str, Any] | None, depth: int = 1) -> dict[str, Any] | None:
+    for key, item in (value or {}).items():
+        if isinstance(item, dict):
+            if depth >= MAX_LOG_FORMAT_DEPTH:
+                raise ValueError(f"log_format nests deeper than {MAX_LOG_FORMAT_DEPTH} levels at {key!r}")
+            _check_log_format(item, depth + 1)
+    return value
 
 
 class HttpLoggerConfig(PluginConfig):
     uri: HttpUrl
+    name: str = Field(default="http logger", min_length=1)  # APISIX's batch processor name; a label here
     auth_header: str | None = None  # sent as the Authorization header
+    # {"field": "$var", "nested": {...}, "fixed": "text"}: the entry's shape instead of the default one.
+    log_format: dict[str, Any] | None = None
+    # Checked by default, where APISIX does not check: a log collector's certificate matters as much as any.
+    ssl_verify: bool = True
     timeout: float = Field(default=3.0, gt=0)  # seconds per POST
     include_req_body: bool = False  # only a body the gateway read anyway (a transcoded request's)
     concat_method: Literal["json", "new_line"] = "json"
@@ -41,6 +68,11 @@ class HttpLoggerConfig(PluginConfig):
     max_retry_count: int = Field(default=0, ge=0)
     retry_delay: float = Field(default=1.0, ge=0)
     max_pending_entries: int = Field(default=10_000, ge=1)
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_log_format(value)
 
 
 class BatchSender:
@@ -100,6 +132,9 @@ class BatchSender:
         return batch
 
     def _body(self, batch: list[dict[str, Any]]) -> bytes:
+        if self.config.batch_max_size == 1:
+            # APISIX: a processor of batches of one sends the entry itself, `{}`, not `[{}]`.
+            return json.dumps(batch[0], ensure_ascii=False).encode()
         if self.config.concat_method == "new_line":
             return "\n".join(json.dumps(entry, ensure_ascii=False) for entry in batch).encode()
         return json.dumps(batch, ensure_ascii=False).encode()
@@ -107,7 +142,10 @@ class BatchSender:
     async def _send(self, batch: list[dict[str, Any]]) -> None:
         config = self.config
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=config.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=config.timeout),
+                connector=aiohttp.TCPConnector(ssl=None if config.ssl_verify else False),
+            )
         headers = {"Content-Type": "application/json" if config.concat_method == "json" else "text/plain"}
         if config.auth_header:
             headers["Authorization"] = config.auth_header
@@ -119,7 +157,7 @@ class BatchSender:
             try:
                 async with self._session.post(str(config.uri), data=body, headers=headers) as response:
                     await response.read()
-                    if response.status < 300:
+                    if response.status < 400:  # APISIX: a 4xx or 5xx is a failed batch
                         self.sent += len(batch)
                         return
                     error = f"status {response.status}"
@@ -169,6 +207,37 @@ class HttpLogger(Plugin[HttpLoggerConfig]):
             self.sender = BatchSender(self.config, telemetry._counter("http-logger"))
             telemetry.add_closer(self.sender.close)
         entry = access_entry(ctx.request, ctx, response, record)
+        if self.config.log_format is not None:
+            entry = {
+                **custom_entry(self.config.log_format, ctx, response, entry),
+                "route_id": ctx.route_id,
+                "service_id": ctx.service_id or "",
+            }
         if self.config.include_req_body and ctx.body_was_read:
             entry["request_body"] = (await ctx.read_body()).decode("utf-8", "replace")
         self.sender.add(entry)
+
+
+def custom_entry(
+    log_format: dict[str, Any], ctx: RequestContext, response: ProxyResponse, measured: dict[str, Any]
+) -> dict[str, Any]:
+    """APISIX's log_format: "$name" values are variables (null when they have none), dicts nest, the rest is kept."""
+    out: dict[str, Any] = {}
+    for key, item in log_format.items():
+        if isinstance(item, dict):
+            out[key] = custom_entry(item, ctx, response, measured)
+        elif isinstance(item, str) and item.startswith("$"):
+            out[key] = _log_var(item[1:], ctx, response, measured)
+        else:
+            out[key] = item
+    return out
+
+
+def _log_var(name: str, ctx: RequestContext, response: ProxyResponse, measured: dict[str, Any]) -> Any:
+    if name in _ENTRY_VARS:
+        field, scale = _ENTRY_VARS[name]
+        value = measured.get(field)
+        if scale is not None and isinstance(value, int | float):
+            return round(value / scale, 3)
+        return value if value != "" else None
+    return resolve_var(name, ctx, response)

@@ -13,10 +13,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError
 from gateway.plugins.base import Plugin, PluginConfig
+from gateway.plugins.key_auth import NO_ANONYMOUS, realm_field, unauthenticated
 from gateway.responses import Reply
-from transcoder.status import Code
 
 Algorithm = Literal[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"
@@ -27,9 +26,13 @@ _EC_CURVES: dict[str, type[ec.EllipticCurve]] = {"ES256": ec.SECP256R1, "ES384":
 _RSA_MIN_BITS = 2048
 # A token is refused unparsed past this size: no header or claim set worth having is bigger.
 MAX_TOKEN_BYTES = 8192
+# APISIX's messages. One deliberate difference: an unknown key gets VERIFY_FAILED, the words of a bad signature,
+# where APISIX says "Invalid user key in JWT token": the answer must not tell a caller whether a key exists.
 MISSING = "Missing JWT token in request"
-# One message for every other refusal: it must not tell a caller which check failed or whether a key exists.
-INVALID = "JWT token invalid"
+INVALID = "JWT token invalid"  # not a JWT at all
+NO_KEY = "missing user key in JWT token"
+VERIFY_FAILED = "failed to verify jwt"
+_DEFAULT_CLAIMS = ("exp", "nbf")
 
 
 class JwtAuthConfig(PluginConfig):
@@ -38,13 +41,16 @@ class JwtAuthConfig(PluginConfig):
     cookie: str = Field(default="jwt", min_length=1)
     hide_credentials: bool = False  # remove the token (header, query argument or cookie) before proxying
     key_claim_name: str = Field(default="key", min_length=1)  # the claim naming the consumer's credential
-    claims_to_verify: list[Literal["exp", "nbf"]] = Field(default_factory=lambda: ["exp", "nbf"])
-    anonymous_consumer: str | None = Field(default=None, min_length=1)  # requests without a token run as this
+    # Not set (or empty): exp and nbf are checked when the token has them. Set: the listed claims are required.
+    claims_to_verify: list[Literal["exp", "nbf"]] | None = None
+    anonymous_consumer: str | None = Field(default=None, min_length=1)  # requests that fail run as this
     store_in_ctx: bool = False  # keep the verified claims in ctx.vars["jwt_auth_payload"] for later plugins
+    realm: str = realm_field("jwt")
 
     @model_validator(mode="after")
     def _unique_claims(self) -> JwtAuthConfig:
-        if len(set(self.claims_to_verify)) != len(self.claims_to_verify):
+        claims = self.claims_to_verify or []
+        if len(set(claims)) != len(claims):
             raise ValueError("claims_to_verify lists a claim twice")
         return self
 
@@ -129,57 +135,68 @@ class JwtAuth(Plugin[JwtAuthConfig]):
         config = self.config
         found = self._find_token(ctx)
         if found is None:
-            if config.anonymous_consumer is not None:
-                ctx.consumer = ctx.consumers.by_name.get(config.anonymous_consumer)
-                if ctx.consumer is not None:
-                    return None
-            raise GatewayError(401, Code.UNAUTHENTICATED, MISSING)
-        where, token = found
-        claims, consumer = self._verify(ctx, token)
+            consumer, message, claims = None, MISSING, None
+        else:
+            where, token = found
+            if config.hide_credentials:
+                # As in APISIX, the token goes before it is checked: a failure that falls back to the
+                # anonymous consumer does not pass it on either.
+                self._hide(ctx, where)
+            consumer, message, claims = self._verify(ctx, token)
+        if consumer is None:
+            challenge = f'Bearer realm="{config.realm}"'
+            if config.anonymous_consumer is None:
+                raise unauthenticated(message, challenge)
+            # APISIX: a missing and a failed token alike fall back to the anonymous consumer.
+            consumer = ctx.consumers.by_name.get(config.anonymous_consumer)
+            if consumer is None:
+                raise unauthenticated(NO_ANONYMOUS, challenge)
         ctx.consumer = consumer
-        if config.store_in_ctx:
+        if config.store_in_ctx and claims is not None:
             ctx.vars["jwt_auth_payload"] = claims
-        if config.hide_credentials:
-            self._hide(ctx, where)
         return None
 
     def _find_token(self, ctx: RequestContext) -> tuple[str, str] | None:
         """(where, token): the header first, then the query argument, then the cookie, as in APISIX."""
         config = self.config
         values = ctx.headers.getall(config.header, [])
-        if len(values) > 1:
-            # Two copies are ambiguous: the upstream might act on the one not verified here.
-            raise GatewayError(401, Code.UNAUTHENTICATED, INVALID)
         if values:
-            value = values[0].strip()
+            # Two copies are ambiguous (the upstream might act on the one not verified here): an empty
+            # token, which no check passes. A present but empty header is a token too, as in APISIX.
+            value = values[0].strip() if len(values) == 1 else ""
             scheme, _, rest = value.partition(" ")
             if scheme.lower() == "bearer":
                 value = rest.strip()
-            return ("header", value) if value else None
+            return "header", value
         value = _query_value(ctx.query, config.query)
-        if value:
+        if value is not None:
             return "query", value
         value = _cookie_value(ctx.headers.getall("Cookie", []), config.cookie)
         if value:
             return "cookie", value
         return None
 
-    def _verify(self, ctx: RequestContext, token: str) -> tuple[dict[str, Any], Any]:
-        if len(token) > MAX_TOKEN_BYTES:
-            raise GatewayError(401, Code.UNAUTHENTICATED, INVALID)
+    def _verify(self, ctx: RequestContext, token: str) -> tuple[Any, str, dict[str, Any] | None]:
+        """(consumer, "", claims) for a good token, else (None, why not, None)."""
+        if not token or len(token) > MAX_TOKEN_BYTES:
+            return None, INVALID, None
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            raise GatewayError(401, Code.UNAUTHENTICATED, INVALID) from None
+            return None, INVALID, None
         # The key claim names the credential (APISIX); a `kid` header is accepted when the claim is absent.
         key = unverified.get(self.config.key_claim_name, header.get("kid"))
+        if key is None:
+            return None, NO_KEY, None
         consumer = ctx.consumers.find(self.name, key) if isinstance(key, str) and key else None
         if consumer is None:
-            raise GatewayError(401, Code.UNAUTHENTICATED, INVALID)
+            return None, VERIFY_FAILED, None
         credential = consumer.plugins[self.name]
         assert isinstance(credential, JwtAuthCredential)
-        verify = self.config.claims_to_verify
+        listed = self.config.claims_to_verify
+        # APISIX: listed claims must be present and valid; with none listed, exp and nbf are checked if present.
+        verify = listed or _DEFAULT_CLAIMS
         try:
             # Only the consumer's own algorithm: `none`, a different one, or an HS token "signed" with an
             # RSA public key (algorithm confusion) all fail here.
@@ -192,6 +209,7 @@ class JwtAuth(Plugin[JwtAuthConfig]):
                     "verify_signature": True,
                     "verify_exp": "exp" in verify,
                     "verify_nbf": "nbf" in verify,
+                    "require": list(listed or ()),
                     # APISIX checks only exp and nbf; audience, issuer and the like are the upstream's business.
                     "verify_iat": False,
                     "verify_aud": False,
@@ -202,8 +220,8 @@ class JwtAuth(Plugin[JwtAuthConfig]):
                 },
             )
         except jwt.PyJWTError:
-            raise GatewayError(401, Code.UNAUTHENTICATED, INVALID) from None
-        return claims, consumer
+            return None, VERIFY_FAILED, None
+        return consumer, "", claims
 
     def _hide(self, ctx: RequestContext, where: str) -> None:
         config = self.config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, Field
@@ -13,12 +13,27 @@ from gateway.plugins.base import Plugin, PluginConfig
 from gateway.responses import Reply
 from transcoder.status import Code
 
+# APISIX's realm schema: printable ASCII without `"` and `\`, so the challenge header stays well formed.
+REALM_PATTERN = r"^[\x20-\x21\x23-\x5b\x5d-\x7e]+$"
+# When the anonymous consumer a route names does not exist (APISIX's words).
+NO_ANONYMOUS = "Invalid user authorization"
+
+
+def realm_field(default: str) -> Any:
+    """The `realm` of an auth plugin's WWW-Authenticate challenge (APISIX 3.15)."""
+    return Field(default=default, min_length=1, max_length=128, pattern=REALM_PATTERN)
+
+
+def unauthenticated(message: str, challenge: str) -> GatewayError:
+    return GatewayError(401, Code.UNAUTHENTICATED, message, headers={"WWW-Authenticate": challenge})
+
 
 class KeyAuthConfig(PluginConfig):
     header: str = Field(default="apikey", min_length=1)
     query: str = Field(default="apikey", min_length=1)
     hide_credentials: bool = False  # remove the key before the request goes upstream
-    anonymous_consumer: str | None = None  # let keyless requests through as this consumer
+    anonymous_consumer: str | None = Field(default=None, min_length=1)  # requests that fail run as this
+    realm: str = realm_field("key")
 
 
 class KeyAuthCredential(PluginConfig):
@@ -38,20 +53,20 @@ class KeyAuth(Plugin[KeyAuthConfig]):
 
     async def rewrite(self, ctx: RequestContext) -> Reply | None:
         config = self.config
-        # The header wins when both carry a key, as in APISIX.
+        # The header wins when both carry a key, as in APISIX; a present but empty key is an invalid one.
         key = ctx.headers.get(config.header)
         if key is None:
             key = _query_value(ctx.query, config.query)
-        if not key:
-            if config.anonymous_consumer is not None:
-                ctx.consumer = ctx.consumers.by_name.get(config.anonymous_consumer)
-                if ctx.consumer is not None:
-                    return None
-            raise GatewayError(401, Code.UNAUTHENTICATED, "Missing API key in request")
-        consumer = ctx.consumers.find(self.name, key)
+        consumer = ctx.consumers.find(self.name, key) if key else None
         if consumer is None:
             # Same words whether or not a consumer exists: the answer must not confirm usernames.
-            raise GatewayError(401, Code.UNAUTHENTICATED, "Invalid API key in request")
+            message = "Missing API key in request" if key is None else "Invalid API key in request"
+            if config.anonymous_consumer is None:
+                raise unauthenticated(message, f'apikey realm="{config.realm}"')
+            # APISIX: a missing or a wrong key both fall back to the anonymous consumer.
+            consumer = ctx.consumers.by_name.get(config.anonymous_consumer)
+            if consumer is None:
+                raise unauthenticated(NO_ANONYMOUS, f'apikey realm="{config.realm}"')
         ctx.consumer = consumer
         if config.hide_credentials:
             # Both places, so a second copy of the key never reaches the upstream either.

@@ -6,6 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
 from multidict import CIMultiDict
@@ -34,6 +35,9 @@ _NOT_STORED = frozenset(
     }
 )
 _NO_STORE_DIRECTIVES = ("no-store", "private", "no-cache")
+# A cache_key with one of these already separates users: consumer_isolation then adds nothing (APISIX).
+_IDENTITY_VARS = frozenset({"$consumer_name", "$consumer_group_id", "$remote_user", "$http_authorization"})
+MAX_VARIANTS = 64  # answers kept per key for different values of the headers named by Vary (APISIX's bound)
 
 clock = time.monotonic  # module level so tests can move time
 
@@ -49,10 +53,14 @@ class ProxyCacheConfig(PluginConfig):
     cache_control: bool = False  # also honour a request's max-age and only-if-cached
     cache_bypass: list[str] | None = Field(default=None, min_length=1)  # any non-empty, non-"0": not looked up
     no_cache: list[str] | None = Field(default=None, min_length=1)  # any non-empty, non-"0": not stored
+    consumer_isolation: bool = True  # each consumer its own entries (the key is prefixed with its name)
+    cache_set_cookie: bool = False  # store answers that carry Set-Cookie (they are one client's)
     # protogate's bounds on memory (APISIX sizes a shared zone instead).
     max_entries: int = Field(default=1000, ge=1)
     max_body_size: int = Field(default=1024 * 1024, ge=0)
     max_memory: int = Field(default=64 * 1024 * 1024, ge=0)
+    # APISIX's name for max_body_size (its default is 64 MiB; ours stays 1 MiB unless this is given).
+    max_resp_body_size: int | None = Field(default=None, ge=1)
 
     @field_validator("cache_strategy", mode="before")
     @classmethod
@@ -86,6 +94,13 @@ class ProxyCacheConfig(PluginConfig):
             raise ValueError("methods must be unique")
         return value
 
+    @property
+    def body_limit(self) -> int:
+        return self.max_resp_body_size if self.max_resp_body_size is not None else self.max_body_size
+
+
+Key = tuple[str, str]  # (method, rendered cache key)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -100,34 +115,76 @@ class Entry:
 
 
 class MemoryCache:
-    """An LRU bounded by entry count and by the bytes of the bodies it holds."""
+    """An LRU bounded by entry count and by the bytes of the bodies it holds.
+
+    A key's answers that carried `Vary` are kept per value of the named request headers (its variants, at
+    most MAX_VARIANTS); `vary` remembers which headers a key's stored answers vary on.
+    """
 
     def __init__(self, max_entries: int, max_memory: int) -> None:
         self.max_entries = max_entries
         self.max_memory = max_memory
-        self.entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self.entries: OrderedDict[tuple[Key, str], Entry] = OrderedDict()
+        self.vary: dict[Key, tuple[str, ...]] = {}
+        self.variants: dict[Key, OrderedDict[str, None]] = {}
         self.size = 0
 
-    def get(self, key: tuple[str, str]) -> Entry | None:
-        entry = self.entries.get(key)
+    def get(self, key: Key, headers: Any = None) -> Entry | None:
+        slot = (key, _signature(self.vary.get(key, ()), headers))
+        entry = self.entries.get(slot)
         if entry is not None:
-            self.entries.move_to_end(key)
+            self.entries.move_to_end(slot)
         return entry
 
-    def put(self, key: tuple[str, str], entry: Entry) -> None:
-        self.pop(key)
+    def put(self, key: Key, entry: Entry, vary: tuple[str, ...] = (), headers: Any = None) -> None:
+        if self.vary.get(key, ()) != vary:
+            # Variants made over other headers cannot be found any more: drop them.
+            self.purge(key)
         if len(entry.body) > self.max_memory:
             return
-        self.entries[key] = entry
+        signature = _signature(vary, headers)
+        self._drop((key, signature))
+        if vary:
+            self.vary[key] = vary
+        variants = self.variants.setdefault(key, OrderedDict())
+        variants[signature] = None
+        while len(variants) > MAX_VARIANTS:
+            self._drop((key, next(iter(variants))))
+        self.entries[(key, signature)] = entry
         self.size += len(entry.body)
         while len(self.entries) > self.max_entries or self.size > self.max_memory:
-            _, evicted = self.entries.popitem(last=False)
-            self.size -= len(evicted.body)
+            self._drop(next(iter(self.entries)))
 
-    def pop(self, key: tuple[str, str]) -> None:
-        old = self.entries.pop(key, None)
+    def purge(self, key: Key) -> bool:
+        """Forget every answer stored for `key`; whether there was one (PURGE's 200 or 404)."""
+        variants = self.variants.get(key)
+        found = bool(variants)
+        for signature in list(variants or ()):
+            self._drop((key, signature))
+        self.vary.pop(key, None)
+        self.variants.pop(key, None)
+        return found
+
+    def pop(self, key: Key) -> None:
+        self.purge(key)
+
+    def _drop(self, slot: tuple[Key, str]) -> None:
+        old = self.entries.pop(slot, None)
         if old is not None:
             self.size -= len(old.body)
+        key, signature = slot
+        variants = self.variants.get(key)
+        if variants is not None:
+            variants.pop(signature, None)
+            if not variants:
+                del self.variants[key]
+                self.vary.pop(key, None)
+
+
+def _signature(vary: tuple[str, ...], headers: Any) -> str:
+    if not vary or headers is None:
+        return ""
+    return "\x00".join(",".join(headers.getall(name, ())) for name in vary)
 
 
 class ProxyCache(Plugin[ProxyCacheConfig]):
@@ -141,33 +198,46 @@ class ProxyCache(Plugin[ProxyCacheConfig]):
         self._key = [Template.parse(item) for item in config.cache_key]
         self._bypass = [Template.parse(item) for item in config.cache_bypass or ()]
         self._no_cache = [Template.parse(item) for item in config.no_cache or ()]
+        self._isolate = config.consumer_isolation and not _IDENTITY_VARS & set(config.cache_key)
+        self._identity_in_key = bool(_IDENTITY_VARS & set(config.cache_key))
 
     async def access(self, ctx: RequestContext) -> Reply | None:
         config = self.config
+        if ctx.method == "PURGE":
+            # APISIX: PURGE drops the key's answers, 200 when there were some, 404 when not. Guard it with
+            # consumer-restriction's allowed_by_methods or ip-restriction where that matters.
+            key = self._cache_key(ctx)
+            found = self.cache.purge(("GET", key[1]))
+            found = self.cache.purge(("POST", key[1])) or found
+            return Reply(200 if found else 404, b"")
         if ctx.method not in config.cache_method:
+            ctx.vars[_STATE] = ("MISS", None)  # APISIX says MISS, and nothing is stored
             return None
         key = self._cache_key(ctx)
-        request_cc = _directives(ctx.headers.getall("Cache-Control", []))
-        pragma = ctx.headers.get("Pragma", "").lower()
-        if _any_set(self._bypass, ctx) or "no-cache" in request_cc or "no-store" in request_cc or "no-cache" in pragma:
-            ctx.vars[_STATE] = ("BYPASS", key)
+        # The request's own Cache-Control counts only with cache_control (APISIX): otherwise a client
+        # could not make the upstream do the work the cache exists to save.
+        request_cc = _directives(ctx.headers.getall("Cache-Control", [])) if config.cache_control else {}
+        if _any_set(self._bypass, ctx) or "no-cache" in request_cc or "no-store" in request_cc:
+            ctx.vars[_STATE] = ("BYPASS", None)
             return None
-        entry = self.cache.get(key)
+        entry = self.cache.get(key, ctx.headers)
         now = clock()
         state = "MISS"
         if entry is not None:
-            limit = entry.ttl
-            if config.cache_control and request_cc.get("max-age", "").isdigit():
-                limit = min(limit, int(request_cc["max-age"]))
-            if entry.age(now) < limit:
+            age = entry.age(now)
+            if age >= entry.ttl:
+                state = "EXPIRED"
+            elif _too_old_for(request_cc, age, entry.ttl):
+                state = "STALE"
+            else:
                 headers = CIMultiDict(entry.headers)
-                headers["Age"] = str(int(entry.age(now)))
+                headers["Age"] = str(int(age))
                 for name in STATUS_HEADERS:
                     headers[name] = "HIT"
                 ctx.vars[_STATE] = ("HIT", key)
                 return Reply(entry.status, entry.body, headers)
-            state = "EXPIRED"
-        if config.cache_control and "only-if-cached" in request_cc:
+        if entry is None and "only-if-cached" in request_cc:
+            ctx.vars[_STATE] = ("MISS", None)
             raise GatewayError.gateway_timeout("the answer is not in the cache (only-if-cached)")
         ctx.vars[_STATE] = (state, key)
         return None
@@ -182,11 +252,12 @@ class ProxyCache(Plugin[ProxyCacheConfig]):
                 response.headers.popall(name, None)
         if state == "HIT" and response.source == "plugin":
             return
-        ttl = self._storable(ctx, response)
+        stored = self._storable(ctx, response) if key is not None else None
         # Snapshot before the status headers go on: they describe this answer, not the stored one.
-        if ttl is not None:
+        if stored is not None:
+            ttl, vary = stored
             headers = tuple((k, v) for k, v in response.headers.items() if k.lower() not in _NOT_STORED)
-            ctx.vars[_PENDING] = (key, response.status, headers, ttl)
+            ctx.vars[_PENDING] = (key, response.status, headers, ttl, vary)
         for name in STATUS_HEADERS:
             response.headers[name] = state
 
@@ -194,11 +265,12 @@ class ProxyCache(Plugin[ProxyCacheConfig]):
         pending = ctx.vars.pop(_PENDING, None)
         if pending is None:
             return
-        key, status, headers, ttl = pending
-        limit = self.config.max_body_size
+        key, status, headers, ttl, vary = pending
+        limit = self.config.body_limit
+        request_headers = ctx.headers
 
         def store(body: bytes) -> None:
-            self.cache.put(key, Entry(status, headers, body, clock(), ttl))
+            self.cache.put(key, Entry(status, headers, body, clock(), ttl), vary, request_headers)
 
         if response.stream is None:
             if len(response.body) <= limit:
@@ -207,39 +279,69 @@ class ProxyCache(Plugin[ProxyCacheConfig]):
         # Tee the stream: the client is not held up, and an answer is stored only once it arrived whole.
         response.stream = _tee(response.stream, limit, store)
 
-    def _cache_key(self, ctx: RequestContext) -> tuple[str, str]:
+    def _cache_key(self, ctx: RequestContext) -> Key:
         # HEAD is answered from GET's entry (nginx's proxy_cache_convert_head); POST keeps its own.
-        method = "GET" if ctx.method in ("GET", "HEAD") else ctx.method
-        return method, "\x00".join(template.render(ctx) for template in self._key)
+        method = "POST" if ctx.method == "POST" else "GET"
+        value = "\x00".join(template.render(ctx) for template in self._key)
+        if self._isolate and ctx.consumer is not None:
+            # A control character cannot be in a username, so the prefix cannot be forged by a key.
+            value = f"{ctx.consumer.username}\x01{value}"
+        return method, value
 
-    def _storable(self, ctx: RequestContext, response: ProxyResponse) -> float | None:
-        """The ttl to store this answer for, or None when it must not be stored."""
+    def _storable(self, ctx: RequestContext, response: ProxyResponse) -> tuple[float, tuple[str, ...]] | None:
+        """(ttl, the request headers the answer varies on) to store this answer, or None when it must not be."""
         config = self.config
         if response.source != "upstream" or ctx.method == "HEAD":  # a HEAD answer has no body to keep
             return None
         if response.status not in config.cache_http_status or _any_set(self._no_cache, ctx):
             return None
         headers = response.headers
-        if "Set-Cookie" in headers:  # one client's cookie must never be handed to another
+        if "Set-Cookie" in headers and not config.cache_set_cookie:  # one client's cookie, not for others
             return None
-        vary = {t.strip().lower() for v in headers.getall("Vary", ()) for t in v.split(",") if t.strip()}
-        if vary - {"origin"}:  # keys do not vary; Origin only drives the CORS headers, recomputed per answer
+        vary = sorted({t.strip().lower() for v in headers.getall("Vary", ()) for t in v.split(",") if t.strip()})
+        if "*" in vary:  # RFC 9111 4.1: never reusable
             return None
         length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_size:
+        if length is not None and length.isdigit() and int(length) > config.body_limit:
             return None
         cc = _directives(headers.getall("Cache-Control", []))
         if any(d in cc for d in _NO_STORE_DIRECTIVES):
             return None
-        # RFC 9111 3.5: an authorised request's answer is shared only when the upstream says it may be.
-        if "Authorization" in ctx.request.headers and not {"public", "s-maxage", "must-revalidate"} & cc.keys():
+        # RFC 9111 3.5: an authorised request's answer is shared only when the upstream says it may be, or
+        # when the key itself tells users apart.
+        separated = self._identity_in_key or (self._isolate and ctx.consumer is not None)
+        shareable = {"public", "s-maxage", "must-revalidate"} & cc.keys()
+        if "Authorization" in ctx.request.headers and not separated and not shareable:
             return None
-        max_age = cc.get("s-maxage") or cc.get("max-age")
-        if max_age is not None:
-            if not max_age.isdigit() or int(max_age) == 0:
-                return None
-            return float(int(max_age))
-        return float(config.cache_ttl)
+        if not config.cache_control:
+            return float(config.cache_ttl), tuple(vary)
+        # cache_control: the upstream's freshness decides (APISIX); an answer without one is not stored.
+        ttl = _freshness(cc, headers.get("Expires"))
+        return (ttl, tuple(vary)) if ttl > 0 else None
+
+
+def _freshness(cc: dict[str, str], expires: str | None) -> float:
+    max_age = cc.get("s-maxage") or cc.get("max-age")
+    if max_age is not None:
+        return float(int(max_age)) if max_age.isdigit() else 0.0
+    if expires:
+        try:
+            when = parsedate_to_datetime(expires)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:
+            return 0.0
+        return when.timestamp() - time.time()
+    return 0.0
+
+
+def _too_old_for(request_cc: dict[str, str], age: float, ttl: float) -> bool:
+    """The request's max-age or min-fresh refuses this entry (with cache_control; APISIX's STALE)."""
+    max_age = request_cc.get("max-age", "")
+    if max_age.isdigit() and age > int(max_age):
+        return True
+    min_fresh = request_cc.get("min-fresh", "")
+    return min_fresh.isdigit() and ttl - age < int(min_fresh)
 
 
 async def _tee(stream: AsyncIterator[bytes], limit: int, store: Any) -> AsyncIterator[bytes]:

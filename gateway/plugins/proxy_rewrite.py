@@ -11,7 +11,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.paths import normalize_path
 from gateway.plugins.base import Plugin, PluginConfig
-from gateway.plugins.variables import Template, check_template
+from gateway.plugins.variables import CAPTURES, Template, check_template
 from gateway.responses import Reply
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -33,18 +33,25 @@ Method = Literal[
 
 
 class HeaderOps(PluginConfig):
-    """APISIX's `headers: {add, set, remove}`; `add` keeps duplicates, values may use `$var`."""
+    """APISIX's `headers: {add, set, remove}`; `add` keeps duplicates, values may use `$var`.
+
+    A `set` value may be a list (proxy-rewrite): the header is replaced by one line per item.
+    """
+
+    # proxy-rewrite's header values may also use `$1`, `${2}`: the groups of the regex_uri that matched.
+    captures: ClassVar[bool] = False
 
     add: list[tuple[str, str]] = Field(default_factory=list)
-    set: dict[str, str] = Field(default_factory=dict)
+    set: dict[str, str | list[str]] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list)
 
     @field_validator("add", mode="before")
     @classmethod
     def _add_pairs(cls, value: Any) -> Any:
-        # proxy-rewrite writes `add` as a map; response-rewrite as ["Name: value", ...]. Both are taken.
+        # proxy-rewrite writes `add` as a map (a list value adds one line per item); response-rewrite as
+        # ["Name: value", ...]. Both are taken.
         if isinstance(value, dict):
-            return [(name, _scalar(v)) for name, v in value.items()]
+            return [(name, scalar(item)) for name, v in value.items() for item in (v if isinstance(v, list) else [v])]
         if isinstance(value, list):
             pairs: list[Any] = []
             for item in value:
@@ -61,21 +68,35 @@ class HeaderOps(PluginConfig):
     @field_validator("set", mode="before")
     @classmethod
     def _set_scalars(cls, value: Any) -> Any:
-        return {name: _scalar(v) for name, v in value.items()} if isinstance(value, dict) else value
+        if not isinstance(value, dict):
+            return value
+        return {name: [scalar(i) for i in v] if isinstance(v, list) else scalar(v) for name, v in value.items()}
 
     @model_validator(mode="after")
     def _check(self) -> HeaderOps:
-        for name, value in [*self.add, *self.set.items(), *((n, "") for n in self.remove)]:
+        set_pairs = [(name, item) for name, v in self.set.items() for item in (v if isinstance(v, list) else [v])]
+        for name, v in self.set.items():
+            if isinstance(v, list) and not v:
+                raise ValueError(f"header {name!r}: a list of values needs at least one")
+        for name, value in [*self.add, *set_pairs, *((n, "") for n in self.remove)]:
             if not _TOKEN.match(name):
                 raise ValueError(f"invalid header name {name!r}")
             if _BAD_VALUE.search(value):
                 raise ValueError(f"header {name!r} has a control character in its value")
-            check_template(value)
+            check_template(value, captures=self.captures)
         return self
+
+    def set_values(self) -> list[tuple[str, list[str]]]:
+        """`set` with every value as a list."""
+        return [(name, v if isinstance(v, list) else [v]) for name, v in self.set.items()]
 
     @property
     def empty(self) -> bool:
         return not (self.add or self.set or self.remove)
+
+
+class RequestHeaderOps(HeaderOps):
+    captures: ClassVar[bool] = True
 
 
 def header_ops(value: Any) -> Any:
@@ -90,7 +111,7 @@ def header_ops(value: Any) -> Any:
     }
 
 
-def _scalar(value: Any) -> Any:
+def scalar(value: Any) -> Any:
     # APISIX takes numbers as header values.
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
@@ -103,7 +124,10 @@ class ProxyRewriteConfig(PluginConfig):
     regex_uri: list[str] | None = Field(default=None, min_length=2)
     method: Method | None = None
     host: str | None = Field(default=None, min_length=1, max_length=255)
-    headers: HeaderOps | None = None
+    headers: RequestHeaderOps | None = None
+    # APISIX's escape hatch that sends the raw request target upstream. Refused when true: the upstream
+    # always gets the normalised path that routing and authorisation saw (THREATS 9).
+    use_real_request_uri_unsafe: bool = False
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -133,6 +157,20 @@ class ProxyRewriteConfig(PluginConfig):
                 raise ValueError(f"regex_uri[{index}] is not a valid regex: {exc}") from None
         return value
 
+    @field_validator("use_real_request_uri_unsafe")
+    @classmethod
+    def _never_unsafe(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("not supported: the upstream always gets the normalised path routing saw")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ProxyRewriteConfig:
+        # APISIX's minProperties: an empty proxy-rewrite is a mistake, not a no-op.
+        if not (self.uri or self.regex_uri or self.method or self.host or self.headers):
+            raise ValueError("give at least one of uri, regex_uri, method, host and headers")
+        return self
+
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str | None) -> str | None:
@@ -153,7 +191,7 @@ class ProxyRewrite(Plugin[ProxyRewriteConfig]):
         self._regex = [(re.compile(pairs[i]), pairs[i + 1]) for i in range(0, len(pairs), 2)]
         ops = config.headers
         self._add = [(name, Template.parse(v)) for name, v in ops.add] if ops else []
-        self._set = [(name, Template.parse(v)) for name, v in ops.set.items()] if ops else []
+        self._set = [(name, [Template.parse(v) for v in values]) for name, values in ops.set_values()] if ops else []
         self._remove = list(ops.remove) if ops else []
 
     async def rewrite(self, ctx: RequestContext) -> Reply | None:
@@ -164,22 +202,29 @@ class ProxyRewrite(Plugin[ProxyRewriteConfig]):
             target = self._uri.render(ctx, escape=_escape_value)
         elif self._regex:
             for pattern, replacement in self._regex:
-                if pattern.search(ctx.path):
+                match = pattern.search(ctx.path)
+                if match is not None:
+                    # Header values read its groups as `$1` (APISIX's proxy_rewrite_regex_uri_captures).
+                    ctx.vars[CAPTURES] = match
                     target = pattern.sub(lambda m, r=replacement: expand_groups(m, r), ctx.path, count=1)
                     break
         if target is not None:
             _set_target(ctx, target)
-        if config.method is not None:
-            ctx.method = config.method
         if config.host is not None:
             ctx.headers["Host"] = config.host
         # Header values see the request as rewritten above; add, then set, then remove (APISIX's order).
         for name, template in self._add:
             add_request_header(ctx, name, checked_header_value(name, template.render(ctx)))
-        for name, template in self._set:
-            set_request_header(ctx, name, checked_header_value(name, template.render(ctx)))
+        for name, templates in self._set:
+            values = [checked_header_value(name, t.render(ctx)) for t in templates]
+            set_request_header(ctx, name, values[0])
+            for value in values[1:]:
+                add_request_header(ctx, name, value)
         for name in self._remove:
             remove_request_header(ctx, name)
+        # The method last, as in APISIX: `$request_method` in a header value is still the client's.
+        if config.method is not None:
+            ctx.method = config.method
         return None
 
 

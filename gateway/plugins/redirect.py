@@ -69,7 +69,12 @@ class Redirect(Plugin[RedirectConfig]):
         config = self.config
         status = config.ret_code
         if config.http_to_https:
-            if ctx.request.scheme != "http":
+            # X-Forwarded-Proto counts, as in APISIX: behind a proxy that ends TLS, the request that reached
+            # the client's proxy was HTTPS, and redirecting it again would loop. A client that sets it only
+            # spares itself the redirect.
+            forwarded = ctx.request.headers.get("X-Forwarded-Proto")
+            scheme = forwarded.split(",")[0].strip().lower() if forwarded else ctx.request.scheme
+            if scheme == "https":
                 return None
             # The normalised target, so the Location never carries what routing did not see.
             target = ctx.path + (f"?{ctx.query}" if ctx.query else "")

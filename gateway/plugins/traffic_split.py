@@ -54,7 +54,10 @@ class MatchItem(PluginConfig):
 
 class Rule(PluginConfig):
     match: list[MatchItem] = Field(default_factory=list)
-    weighted_upstreams: list[WeightedUpstream] = Field(min_length=1)
+    # APISIX's default: the route's own upstream; at most 20 entries, as in APISIX.
+    weighted_upstreams: list[WeightedUpstream] = Field(
+        default_factory=lambda: [WeightedUpstream()], min_length=1, max_length=20
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> Rule:

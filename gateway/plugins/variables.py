@@ -11,8 +11,11 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.responses import ProxyResponse
 
-# APISIX's resolve_var grammar: `\$name` is a literal `$name`, `${name}` and `$name` are variables.
-_TOKEN = re.compile(r"\\\$([0-9A-Za-z_]+)|\$\{([0-9A-Za-z_]+)\}|\$([0-9A-Za-z_]+)")
+# APISIX's resolve_var grammar: `\$name` is a literal `$name`, `${name}` and `$name` are variables, and
+# `${name ?? text}` is `text` when the variable has no value.
+_TOKEN = re.compile(r"\\\$([0-9A-Za-z_]+)|\$\{\s*([0-9A-Za-z_]+)\s*(?:\?\?\s*([^}]*?)\s*)?\}|\$([0-9A-Za-z_]+)")
+# ctx.vars key of the regex_uri match proxy-rewrite made: `$1`, `${2}` in its header values read its groups.
+CAPTURES = "proxy_rewrite_regex_uri_captures"
 _PLAIN_VARS = frozenset(
     {
         "uri",
@@ -34,7 +37,10 @@ _PLAIN_VARS = frozenset(
 _PREFIXES = ("http_", "arg_", "cookie_")
 
 
-def is_known_var(name: str) -> bool:
+def is_known_var(name: str, captures: bool = False) -> bool:
+    """A variable the gateway can resolve; `captures`: also `$1`-style regex groups (proxy-rewrite headers)."""
+    if captures and name.isdigit():
+        return True
     if name in _PLAIN_VARS:
         return True
     return any(name.startswith(prefix) and len(name) > len(prefix) for prefix in _PREFIXES)
@@ -72,6 +78,11 @@ def resolve_var(name: str, ctx: RequestContext, response: ProxyResponse | None =
         return ctx.consumer.group_id if ctx.consumer is not None else None
     if name == "status":
         return str(response.status) if response is not None else None
+    if name.isdigit():
+        match = ctx.vars.get(CAPTURES)
+        if not isinstance(match, re.Match) or int(name) > (match.re.groups or 0):
+            return None
+        return match.group(int(name))
     if name.startswith("http_"):
         # nginx's spelling: http_x_api_key is the header X-Api-Key, in any letter case.
         values = ctx.headers.getall(name[5:].replace("_", "-"), [])
@@ -105,17 +116,17 @@ def _strip_port(host: str) -> str:
 class Template:
     """A string with `$var` / `${var}` references, split once; `render` fills them per request."""
 
-    parts: tuple[str | tuple[str], ...]  # literal text, or (variable name,)
+    parts: tuple[str | tuple[str, str | None], ...]  # literal text, or (variable name, default text)
 
     @classmethod
     def parse(cls, text: str) -> Template:
-        parts: list[str | tuple[str]] = []
+        parts: list[str | tuple[str, str | None]] = []
         pos = 0
         for match in _TOKEN.finditer(text):
             if match.start() > pos:
                 parts.append(text[pos : match.start()])
-            escaped, braced, bare = match.groups()
-            parts.append("$" + escaped if escaped else (braced or bare,))
+            escaped, braced, default, bare = match.groups()
+            parts.append("$" + escaped if escaped else (braced or bare, default))
             pos = match.end()
         if pos < len(text):
             parts.append(text[pos:])
@@ -135,21 +146,24 @@ class Template:
         response: ProxyResponse | None = None,
         escape: Callable[[str], str] | None = None,
     ) -> str:
-        """The text with each variable's value (empty when missing), passed through `escape` if given."""
+        """The text with each variable's value (its default, else empty, when missing), through `escape` if given."""
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            value = resolve_var(part[0], ctx, response) or ""
+            name, default = part
+            value = resolve_var(name, ctx, response)
+            if value is None:
+                value = default or ""
             out.append(escape(value) if escape is not None else value)
         return "".join(out)
 
 
-def check_template(text: str) -> Template:
+def check_template(text: str, captures: bool = False) -> Template:
     """Parse a template and refuse variables the gateway does not know (a typo would render as "")."""
     template = Template.parse(text)
-    unknown = [name for name in template.names if not is_known_var(name)]
+    unknown = [name for name in template.names if not is_known_var(name, captures)]
     if unknown:
         raise ValueError(f"unknown variable(s) {', '.join('$' + n for n in unknown)} ({VAR_HELP})")
     return template

@@ -87,7 +87,7 @@ def client(
             http_route("redirect-uri.test", {"redirect": {"uri": "/new$uri", "ret_code": 307}}),
             http_route("fault.test", {"fault-injection": ABORT_ON_ARG}),
             http_route("delay.test", {"fault-injection": {"delay": {"duration": 0.2}}}),
-            http_route("cache.test", {"proxy-cache": {"cache_ttl": 60}}),
+            http_route("cache.test", {"proxy-cache": {"cache_ttl": 60, "cache_bypass": ["$arg_bypass"]}}),
             grpc_route(
                 "rewrite.grpc",
                 {
@@ -298,7 +298,10 @@ def test_proxy_cache_miss_then_hit_then_bypass_on_http(client: Client) -> None:
     status, headers, again = get(client, "cache.test", "/echo?n=http")
     assert (status, headers["Cache-Status"], headers["Apisix-Cache-Status"]) == (200, "HIT", "HIT")
     assert again == first  # the echo's peer port would differ on a second upstream call
+    # Without cache_control a client's no-cache is ignored, as in APISIX; cache_bypass is the operator's lever.
     _, headers, _ = get(client, "cache.test", "/echo?n=http", **{"Cache-Control": "no-cache"})
+    assert headers["Cache-Status"] == "HIT"
+    _, headers, _ = get(client, "cache.test", "/echo?n=http&bypass=1")
     assert headers["Cache-Status"] == "BYPASS"
     _, headers, _ = get(client, "cache.test", "/status/500?n=http")
     assert headers["Cache-Status"] == "MISS"

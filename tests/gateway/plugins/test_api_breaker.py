@@ -121,8 +121,10 @@ async def test_plugin_answers_with_the_break_response_while_open() -> None:
 async def test_only_answers_from_the_upstream_count() -> None:
     plugin = ApiBreaker(ApiBreakerConfig.model_validate({"break_response_code": 503, "unhealthy": {"failures": 1}}))
     stopped = make_ctx()  # refused before the upstream (no before_proxy): never counts
+    assert await plugin.access(stopped) is None
     await plugin.log(stopped, ProxyResponse(500, CIMultiDict()))
     proxied = make_ctx()
+    assert await plugin.access(proxied) is None
     await plugin.before_proxy(proxied)
     await plugin.log(proxied, ProxyResponse(500, CIMultiDict(), source="plugin"))
     assert plugin.breaker.unhealthy_count == 0
@@ -130,6 +132,45 @@ async def test_only_answers_from_the_upstream_count() -> None:
     assert plugin.breaker.unhealthy_count == 0
     config = ApiBreakerConfig.model_validate({"break_response_code": 503, "unhealthy": {"http_statuses": [502]}})
     plugin = ApiBreaker(config)
+    assert await plugin.access(proxied) is None
     await plugin.before_proxy(proxied)
     await plugin.log(proxied, ProxyResponse(502, CIMultiDict(), source="gateway"))  # could not reach it
     assert plugin.breaker.unhealthy_count == 1
+
+
+async def test_one_breaker_per_route_covers_every_path() -> None:
+    # APISIX keys its breaker by $host$uri; protogate keeps one per route, so a failing path opens it for all.
+    plugin = ApiBreaker(ApiBreakerConfig.model_validate({"break_response_code": 503, "unhealthy": {"failures": 1}}))
+    failing = make_ctx(path="/users/1")
+    assert await plugin.access(failing) is None
+    await plugin.before_proxy(failing)
+    await plugin.log(failing, ProxyResponse(500, CIMultiDict()))
+    assert await plugin.access(make_ctx(path="/users/2")) is not None
+
+
+def test_break_time_is_two_to_the_floor_of_count_over_failures() -> None:
+    # APISIX: 2^max(1, floor(count / failures)); a failure between two thresholds does not lengthen it.
+    clock = Clock()
+    b = breaker(clock, unhealthy={"failures": 3})
+    for _ in range(3):
+        b.record(500)
+    clock.now += 3  # past the 2 s window
+    assert not b.is_open()
+    b.record(500)  # count 4: floor(4/3) = 1, still a 2 s window from the third failure
+    assert not b.is_open()
+
+
+async def test_break_response_header_values_may_use_variables() -> None:
+    config = {
+        "break_response_code": 503,
+        "break_response_body": "open",
+        "break_response_headers": [{"key": "X-Route", "value": "$route_id"}],
+        "unhealthy": {"failures": 1},
+    }
+    plugin = ApiBreaker(ApiBreakerConfig.model_validate(config))
+    ctx = make_ctx()
+    await plugin.access(ctx)
+    await plugin.before_proxy(ctx)
+    await plugin.log(ctx, ProxyResponse(500, CIMultiDict()))
+    reply = await plugin.access(make_ctx())
+    assert reply is not None and dict(reply.headers) == {"X-Route": "r"}

@@ -18,7 +18,7 @@ from gateway.plugins import basic_auth
 from gateway.plugins.basic_auth import BasicAuth, BasicAuthConfig
 
 UPSTREAM = {"id": "u", "scheme": "http", "nodes": {"127.0.0.1:1": 1}}
-CHALLENGE = 'Basic realm="protogate"'
+CHALLENGE = 'Basic realm="basic"'
 
 
 def document(plugin: dict[str, Any] | None = None, consumers: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -84,7 +84,7 @@ async def refused(plugin: BasicAuth, ctx: RequestContext) -> GatewayError:
 
 
 def test_route_config_refuses_unknown_fields_and_wrong_types() -> None:
-    found = issues(document({"hide_credentials": "maybe", "realm": "x"}))
+    found = issues(document({"hide_credentials": "maybe", "realm": 'a"b'}))
     assert any(i.startswith("routes[0].plugins.basic-auth.hide_credentials:") for i in found)
     assert any(i.startswith("routes[0].plugins.basic-auth.realm:") for i in found)
 
@@ -111,7 +111,15 @@ def test_defaults_match_apisix() -> None:
     config = BasicAuthConfig()
     assert config.hide_credentials is False
     assert config.anonymous_consumer is None
+    assert config.realm == "basic"
     assert BasicAuth.priority == 2520
+
+
+async def test_realm_names_the_challenge() -> None:
+    plugin = BasicAuth(BasicAuthConfig(realm="staff area"))
+    with pytest.raises(GatewayError) as caught:
+        await plugin.rewrite(make_ctx())
+    assert caught.value.headers["WWW-Authenticate"] == 'Basic realm="staff area"'
 
 
 # 2. hooks
@@ -191,15 +199,23 @@ async def test_two_authorization_headers_are_refused() -> None:
     assert err.message == "Invalid authorization in request"
 
 
-async def test_anonymous_consumer_lets_requests_without_credentials_through() -> None:
-    plugin = BasicAuth(BasicAuthConfig(anonymous_consumer="anonymous"))
+async def test_anonymous_consumer_stands_in_for_missing_and_failed_credentials() -> None:
+    plugin = BasicAuth(BasicAuthConfig(anonymous_consumer="anonymous", hide_credentials=True))
     ctx = make_ctx()
     assert await plugin.rewrite(ctx) is None
     assert ctx.consumer is not None and ctx.consumer.username == "anonymous"
-    # Wrong credentials are still wrong: they are not silently downgraded to the anonymous consumer.
-    await refused(plugin, make_ctx([("Authorization", basic("jack2019", "nope"))]))
+    # APISIX: wrong credentials fall back to the anonymous consumer too (a stale login still reaches what
+    # anyone may see), and with hide_credentials they do not reach the upstream.
+    ctx = make_ctx([("Authorization", basic("jack2019", "nope"))])
+    assert await plugin.rewrite(ctx) is None
+    assert ctx.consumer is not None and ctx.consumer.username == "anonymous"
+    assert "Authorization" not in ctx.headers
+    # A good login is still that consumer.
+    ctx = make_ctx([("Authorization", basic("jack2019", "s3cret"))])
+    await plugin.rewrite(ctx)
+    assert ctx.consumer is not None and ctx.consumer.username == "jack"
 
 
 async def test_an_anonymous_consumer_that_does_not_exist_does_not_open_the_route() -> None:
     err = await refused(BasicAuth(BasicAuthConfig(anonymous_consumer="ghost")), make_ctx(consumers=EMPTY_CONSUMERS))
-    assert err.message == "Missing authorization in request"
+    assert err.message == "Invalid user authorization"

@@ -13,7 +13,7 @@ from gateway.config.loader import ConfigError, load_document
 from gateway.consumers import Consumer, ConsumerIndex
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.plugins.consumer_restriction import NO_IDENTITY, ConsumerRestriction, ConsumerRestrictionConfig
+from gateway.plugins.consumer_restriction import ConsumerRestriction, ConsumerRestrictionConfig
 from gateway.responses import Reply
 from transcoder.status import Code
 
@@ -70,10 +70,9 @@ async def refusal(restriction: ConsumerRestriction, ctx: RequestContext) -> Gate
 # 1. config
 
 
-def test_exactly_one_of_whitelist_and_blacklist() -> None:
-    assert issues(document({"whitelist": ["a"], "blacklist": ["b"]})) == [
-        f"{PATH}: Value error, give whitelist or blacklist, not both"
-    ]
+def test_one_list_at_least_and_both_are_allowed() -> None:
+    # APISIX's anyOf: whitelist and blacklist together are a valid config (the blacklist is checked first).
+    ConsumerRestrictionConfig.model_validate({"whitelist": ["a"], "blacklist": ["b"]})
     assert issues(document({"type": "route_id"}))[0].startswith(f"{PATH}: Value error, give one of")
 
 
@@ -135,7 +134,25 @@ async def test_no_consumer_is_401() -> None:
         plugin(type="consumer_group_id", blacklist=["x"]),
     ):
         err = await refusal(restriction, make_ctx(None))
-        assert (err.status, err.message) == (401, NO_IDENTITY)
+        kind = restriction.config.type
+        assert (err.status, err.message) == (401, f"The request is rejected, please check the {kind} for this request")
+
+
+async def test_service_id_restriction_reads_the_route_s_service() -> None:
+    restriction = plugin(type="service_id", whitelist=["svc"])
+    ctx = make_ctx(None)
+    err = await refusal(restriction, ctx)
+    assert err.message == "The request is rejected, please check the service_id for this request"
+    ctx.service_id = "svc"
+    assert await restriction.access(ctx) is None
+    ctx.service_id = "other"
+    assert (await refusal(restriction, ctx)).message == "The service_id is forbidden."
+
+
+async def test_blacklist_is_checked_before_the_whitelist() -> None:
+    restriction = plugin(whitelist=["jack", "rose"], blacklist=["rose"])
+    assert await restriction.access(make_ctx(JACK)) is None
+    assert (await refusal(restriction, make_ctx(ROSE))).message == "The consumer_name is forbidden."
 
 
 async def test_restrict_by_consumer_group() -> None:

@@ -109,3 +109,32 @@ async def test_origin_is_read_from_the_client_not_the_rewritten_headers() -> Non
     response = answer(200)
     await plugin(allow_origins="https://app.example").header_filter(ctx, response)
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
+async def test_timing_allow_origin_follows_its_own_lists() -> None:
+    cors = plugin(allow_origins="https://app.example", timing_allow_origins="https://app.example,https://perf.example")
+    for origin, timing in (
+        ("https://app.example", "https://app.example"),
+        ("https://perf.example", "https://perf.example"),  # not a CORS origin, but may read timings
+        ("https://evil.example", None),
+    ):
+        response = answer(200)
+        await cors.header_filter(make_ctx(headers=[("Origin", origin)]), response)
+        assert response.headers.get("Timing-Allow-Origin") == timing
+    by_regex = plugin(timing_allow_origins_by_regex=[r"https://.*\.example"])
+    response = answer(200)
+    await by_regex.header_filter(make_ctx(headers=[("Origin", "https://a.example")]), response)
+    assert response.headers["Timing-Allow-Origin"] == "https://a.example"
+    response = answer(200)
+    await by_regex.header_filter(make_ctx(headers=[("Origin", "https://a.example.evil.net")]), response)
+    assert "Timing-Allow-Origin" not in response.headers  # full match, not APISIX's search
+    starred = answer(200)
+    await plugin(timing_allow_origins="*").header_filter(make_ctx(), starred)
+    assert starred.headers["Timing-Allow-Origin"] == "*"
+
+
+def test_timing_allow_origins_star_is_refused_with_credentials() -> None:
+    config = {"allow_origins": "https://a.example", "allow_methods": "GET", "allow_headers": "X-A"}
+    found = issues("cors", {**config, "allow_credential": True, "timing_allow_origins": "*"})
+    assert "allow_credential" in found[0]
+    assert issues("cors", {"timing_allow_origins": "not an origin"})[0].startswith(f"{AT}.timing_allow_origins: ")

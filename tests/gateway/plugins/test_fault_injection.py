@@ -83,3 +83,8 @@ async def test_delay_comes_before_abort() -> None:
     started = time.monotonic()
     await both.rewrite(make_ctx("/"))
     assert time.monotonic() - started < 0.04
+
+
+async def test_abort_header_values_may_be_numbers() -> None:
+    reply = await plugin(abort={"http_status": 429, "headers": {"Retry-After": 5, "X-Ratio": 0.5}}).rewrite(make_ctx())
+    assert reply is not None and dict(reply.headers) == {"Retry-After": "5", "X-Ratio": "0.5"}

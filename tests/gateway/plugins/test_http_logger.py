@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from aiohttp import web
-from transform_support import issues, loads
+from transform_support import answer, issues, loads, make_ctx
 
-from gateway.plugins.http_logger import BatchSender
+from gateway.plugins.http_logger import BatchSender, custom_entry
 
 AT = "routes[0].plugins.http-logger"
 
@@ -82,3 +82,50 @@ async def test_entries_beyond_max_pending_are_dropped_and_close_flushes_the_rest
     await sender.close()
     assert sender.dropped == 1
     assert [json.loads(body) for body in bodies] == [[{"n": 0}, {"n": 1}]]
+
+
+def test_apisix_fields_load() -> None:
+    config = loads("http-logger", {"uri": "https://logs.example/in", "name": "my logger", "ssl_verify": False})
+    assert (config.name, config.ssl_verify) == ("my logger", False)
+    assert loads("http-logger", {"uri": "https://logs.example/in"}).ssl_verify is True  # APISIX's default is false
+    deep = {"a": {"b": {"c": {"d": {"e": {"f": "$host"}}}}}}
+    assert "nests deeper" in issues("http-logger", {"uri": "http://x", "log_format": deep})[0]
+
+
+async def test_batches_of_one_are_sent_as_one_object_and_3xx_is_success(aiohttp_server: Any) -> None:
+    url, bodies = await receiver(aiohttp_server, [302])
+    sender = BatchSender(loads("http-logger", {"uri": url, "batch_max_size": 1}))
+    sender.add({"n": 0})
+    await until(lambda: sender.sent == 1)  # a redirect answer is not a failure (APISIX: >= 400 is)
+    sender.add({"n": 1})
+    await until(lambda: bodies)
+    assert json.loads(bodies[0]) == {"n": 1}
+    await sender.close()
+
+
+def test_log_format_builds_the_entry_from_variables() -> None:
+    ctx = make_ctx("/books?id=7", headers=[("Host", "shop.example"), ("User-Agent", "curl")])
+    measured = {"latency_ms": 1500.0, "upstream_status": "", "time": "2024-01-01T00:00:00.000Z"}
+    log_format = {
+        "host": "$host",
+        "ua": "$http_user_agent",
+        "id": "$arg_id",
+        "took": "$request_time",
+        "up": "$upstream_status",
+        "nope": "$not_a_var",
+        "fixed": "text",
+        "n": 3,
+        "nested": {"status": "$status", "when": "$time_iso8601"},
+    }
+    entry = custom_entry(log_format, ctx, answer(201), measured)
+    assert entry == {
+        "host": "shop.example",
+        "ua": "curl",
+        "id": "7",
+        "took": 1.5,
+        "up": None,
+        "nope": None,
+        "fixed": "text",
+        "n": 3,
+        "nested": {"status": "201", "when": "2024-01-01T00:00:00.000Z"},
+    }

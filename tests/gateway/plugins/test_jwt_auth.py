@@ -23,7 +23,7 @@ from gateway.consumers import ConsumerIndex
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.plugins import jwt_auth
-from gateway.plugins.jwt_auth import INVALID, MISSING, JwtAuth, JwtAuthConfig
+from gateway.plugins.jwt_auth import INVALID, MISSING, NO_KEY, VERIFY_FAILED, JwtAuth, JwtAuthConfig
 
 UPSTREAM = {"id": "u", "scheme": "http", "nodes": {"127.0.0.1:1": 1}}
 SECRET = "a-shared-secret-of-at-least-32-bytes!"
@@ -123,11 +123,12 @@ async def accepted(token: str, config: JwtAuthConfig | None = None) -> str:
     return ctx.consumer.username
 
 
-async def refused(token: str, config: JwtAuthConfig | None = None, message: str = INVALID) -> None:
+async def refused(token: str, config: JwtAuthConfig | None = None, message: str = VERIFY_FAILED) -> None:
     ctx = make_ctx([("Authorization", f"Bearer {token}")])
     with pytest.raises(GatewayError) as caught:
         await JwtAuth(config or JwtAuthConfig()).rewrite(ctx)
     assert (caught.value.status, caught.value.message) == (401, message)
+    assert caught.value.headers["WWW-Authenticate"] == f'Bearer realm="{(config or JwtAuthConfig()).realm}"'
     assert ctx.consumer is None
 
 
@@ -141,7 +142,8 @@ def later(seconds: int) -> int:
 def test_route_config_defaults_match_apisix() -> None:
     config = JwtAuthConfig()
     assert (config.header, config.query, config.cookie, config.key_claim_name) == ("authorization", "jwt", "jwt", "key")
-    assert config.claims_to_verify == ["exp", "nbf"]
+    assert config.claims_to_verify is None  # exp and nbf checked when present
+    assert config.realm == "jwt"
     assert config.hide_credentials is False
     assert JwtAuth.priority == 2510
 
@@ -271,15 +273,32 @@ async def test_hide_credentials_removes_the_token_wherever_it_came_from() -> Non
 # 2. hooks: refusals (THREATS 7)
 
 
-async def test_no_token_is_missing_and_an_anonymous_consumer_may_stand_in() -> None:
+async def test_no_token_is_missing_and_an_empty_one_is_invalid() -> None:
     with pytest.raises(GatewayError) as caught:
-        await JwtAuth(JwtAuthConfig()).rewrite(make_ctx([("Authorization", "Bearer ")]))
+        await JwtAuth(JwtAuthConfig()).rewrite(make_ctx())
     assert (caught.value.status, caught.value.message) == (401, MISSING)
+    assert caught.value.headers["WWW-Authenticate"] == 'Bearer realm="jwt"'
+    # APISIX: a header that is there but empty (or just "Bearer ") is a token, and not a valid one.
+    await refused("", message=INVALID)
+
+
+async def test_an_anonymous_consumer_stands_in_for_a_missing_or_failed_token() -> None:
+    config = JwtAuthConfig(anonymous_consumer="anonymous", hide_credentials=True)
     ctx = make_ctx()
-    await JwtAuth(JwtAuthConfig(anonymous_consumer="anonymous")).rewrite(ctx)
+    await JwtAuth(config).rewrite(ctx)
     assert ctx.consumer is not None and ctx.consumer.username == "anonymous"
-    # A bad token is refused even where anonymous access is allowed.
-    await refused(hs_token({"key": "hs-key"}, OTHER_SECRET), JwtAuthConfig(anonymous_consumer="anonymous"))
+    # APISIX: an expired or forged token falls back to the anonymous consumer too, and is not passed on.
+    ctx = make_ctx([("Authorization", f"Bearer {hs_token({'key': 'hs-key'}, OTHER_SECRET)}")])
+    await JwtAuth(config).rewrite(ctx)
+    assert ctx.consumer is not None and ctx.consumer.username == "anonymous"
+    assert "Authorization" not in ctx.headers
+    assert await accepted(hs_token({"key": "hs-key"}), config) == "hs"
+
+
+async def test_an_anonymous_consumer_that_does_not_exist_does_not_open_the_route() -> None:
+    with pytest.raises(GatewayError) as caught:
+        await JwtAuth(JwtAuthConfig(anonymous_consumer="ghost")).rewrite(make_ctx())
+    assert (caught.value.status, caught.value.message) == (401, "Invalid user authorization")
 
 
 async def test_alg_none_is_refused() -> None:
@@ -300,11 +319,13 @@ async def test_an_algorithm_other_than_the_consumers_is_refused() -> None:
 
 
 async def test_unknown_key_and_bad_signature_get_the_same_answer() -> None:
+    # APISIX says "Invalid user key in JWT token" for an unknown key; protogate does not tell which keys exist.
     await refused(hs_token({"key": "nobody"}))
     await refused(hs_token({"key": "hs-key"}, OTHER_SECRET))
-    await refused(hs_token({"sub": "no key claim"}))
     await refused(hs_token({"key": 42}))
     await refused(hs_token({"x": 1}, headers={"kid": "nobody"}))
+    # A token without the key claim says so, as in APISIX: the caller already knows what it sent.
+    await refused(hs_token({"sub": "no key claim"}), message=NO_KEY)
 
 
 async def test_expired_and_not_yet_valid_tokens_are_refused() -> None:
@@ -320,11 +341,22 @@ async def test_the_grace_period_allows_clock_skew_and_no_more() -> None:
 
 
 async def test_claims_to_verify_can_leave_exp_or_nbf_unchecked() -> None:
-    expired = hs_token({"key": "hs-key", "exp": later(-60)})
-    early = hs_token({"key": "hs-key", "nbf": later(60)})
+    expired = hs_token({"key": "hs-key", "exp": later(-60), "nbf": later(-120)})
+    early = hs_token({"key": "hs-key", "exp": later(600), "nbf": later(60)})
     assert await accepted(expired, JwtAuthConfig(claims_to_verify=["nbf"])) == "hs"
     await refused(early, JwtAuthConfig(claims_to_verify=["nbf"]))
     assert await accepted(early, JwtAuthConfig(claims_to_verify=["exp"])) == "hs"
+
+
+async def test_listed_claims_are_required_and_unlisted_ones_checked_when_present() -> None:
+    # APISIX: with claims_to_verify set, a token without a listed claim is refused; without it (or with []),
+    # exp and nbf are checked only when the token has them.
+    bare = hs_token({"key": "hs-key"})
+    assert await accepted(bare) == "hs"
+    assert await accepted(bare, JwtAuthConfig(claims_to_verify=[])) == "hs"
+    await refused(bare, JwtAuthConfig(claims_to_verify=["exp"]))
+    await refused(hs_token({"key": "hs-key", "exp": later(-60)}), JwtAuthConfig(claims_to_verify=[]))
+    assert await accepted(hs_token({"key": "hs-key", "exp": later(60)}), JwtAuthConfig(claims_to_verify=["exp"]))
 
 
 async def test_a_huge_token_is_refused_before_it_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,7 +365,7 @@ async def test_a_huge_token_is_refused_before_it_is_parsed(monkeypatch: pytest.M
 
     monkeypatch.setattr(jwt_auth.jwt, "get_unverified_header", never)
     monkeypatch.setattr(jwt_auth.jwt, "decode", never)
-    await refused(hs_token({"key": "hs-key", "pad": "x" * 9000}))
+    await refused(hs_token({"key": "hs-key", "pad": "x" * 9000}), message=INVALID)
 
 
 @pytest.mark.parametrize(
@@ -350,7 +382,10 @@ async def test_a_huge_token_is_refused_before_it_is_parsed(monkeypatch: pytest.M
     ],
 )
 async def test_malformed_tokens_are_401_not_500(token: str) -> None:
-    await refused(token)
+    try:
+        await refused(token, message=INVALID)
+    except AssertionError:
+        await refused(token, message=NO_KEY)  # parses, as `{}.{}.`, but names no key
 
 
 async def test_two_token_headers_are_refused() -> None:

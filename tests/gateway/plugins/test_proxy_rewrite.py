@@ -29,6 +29,11 @@ def test_config_refuses_bad_input_with_paths() -> None:
     assert issues("proxy-rewrite", {"headers": {"set": {"Bad Name": "x"}}})[0].startswith(f"{AT}.headers")
     assert issues("proxy-rewrite", {"headers": {"set": {"X-A": "a\r\nb"}}})[0].startswith(f"{AT}.headers")
     assert issues("proxy-rewrite", {"use_real_request_uri_unsafe": True})[0].startswith(f"{AT}.use_real")
+    assert loads("proxy-rewrite", {"uri": "/x", "use_real_request_uri_unsafe": False}).uri == "/x"
+    # APISIX's minProperties: an empty proxy-rewrite is refused.
+    assert "at least one" in issues("proxy-rewrite", {})[0]
+    # `$1` is a regex_uri group in header values only, never in the uri template.
+    assert "unknown variable" in issues("proxy-rewrite", {"uri": "/x/$1"})[0]
 
 
 def test_flat_headers_form_is_set_and_empty_value_removes() -> None:
@@ -111,7 +116,7 @@ async def test_method_host_and_headers_add_set_remove() -> None:
     assert ctx.headers.getall("X-Multi") == ["a", "b"]
     assert ctx.headers["X-Id"] == "42"
     assert ctx.headers["X-Keep"] == "replaced"
-    assert ctx.headers["X-Method"] == "POST"  # values see the rewritten request
+    assert ctx.headers["X-Method"] == "GET"  # the method changes last, as in APISIX
     assert "X-Old" not in ctx.headers
 
 
@@ -137,3 +142,25 @@ async def test_set_and_added_headers_go_to_grpc_upstreams_as_metadata_but_hop_he
     await plugin(**config).rewrite(ctx)
     assert ctx.upstream_metadata == [("x-tag", "a"), ("x-tenant", "acme")]  # add runs before set
     assert ctx.headers["Content-Type"] == "text/plain"
+
+
+async def test_header_values_read_the_regex_uri_groups() -> None:
+    ctx = make_ctx("/user/42/orders")
+    config = {
+        "regex_uri": ["^/user/(\\d+)/(.*)", "/v2/$2"],
+        "headers": {"set": {"X-User-Id": "$1", "X-Both": "${1}:${2}", "X-None": "$9"}},
+    }
+    await plugin(**config).rewrite(ctx)
+    assert ctx.path == "/v2/orders"
+    assert (ctx.headers["X-User-Id"], ctx.headers["X-Both"], ctx.headers["X-None"]) == ("42", "42:orders", "")
+
+
+async def test_header_values_may_be_lists_and_variables_may_have_defaults() -> None:
+    ctx = make_ctx("/a", headers=[("X-Tag", "old")])
+    config = {
+        "headers": {"add": {"X-Multi": ["a", "b"]}, "set": {"X-Tag": ["t1", 2], "X-Who": "${http_x_user ?? anon}"}}
+    }
+    await plugin(**config).rewrite(ctx)
+    assert ctx.headers.getall("X-Multi") == ["a", "b"]
+    assert ctx.headers.getall("X-Tag") == ["t1", "2"]
+    assert ctx.headers["X-Who"] == "anon"

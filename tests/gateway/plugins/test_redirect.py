@@ -66,3 +66,11 @@ async def test_a_control_character_never_reaches_location() -> None:
     with pytest.raises(GatewayError) as caught:
         await plugin(uri="/to/$cookie_c").rewrite(make_ctx(headers=[("Cookie", 'c="a\\015\\012b"')]))
     assert caught.value.status == 400
+
+
+async def test_http_to_https_trusts_x_forwarded_proto_as_apisix_does() -> None:
+    # Behind a proxy that ends TLS, the request was HTTPS already: redirecting it again would loop.
+    to_https = plugin(http_to_https=True)
+    assert await to_https.rewrite(make_ctx("/a", headers=[("Host", "h"), ("X-Forwarded-Proto", "https")])) is None
+    reply = await to_https.rewrite(make_ctx("/a", headers=[("Host", "h"), ("X-Forwarded-Proto", "http")]))
+    assert reply is not None and reply.headers["Location"] == "https://h/a"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 from transform_support import answer, issues, loads, make_ctx
 
+from gateway.plugins import request_id
 from gateway.plugins.request_id import RequestId
 
 AT = "routes[0].plugins.request-id"
@@ -89,3 +91,37 @@ async def test_an_answer_refused_before_rewrite_still_gets_an_id() -> None:
     ctx = make_ctx()
     await plugin().header_filter(ctx, response)
     assert UUID.match(response.headers["X-Request-Id"])
+
+
+# APISIX 3's other algorithms, and the upstream's own id
+
+
+async def test_uuidv7_ids_carry_the_time_and_sort_by_it() -> None:
+    value = request_id.uuid7(now_ms=1_700_000_000_000)
+    parsed = uuid.UUID(value)
+    assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+    assert parsed.int >> 80 == 1_700_000_000_000
+    assert request_id.uuid7(now_ms=1) < request_id.uuid7(now_ms=2)
+    ctx = make_ctx()
+    await plugin(algorithm="uuidv7").rewrite(ctx)
+    assert uuid.UUID(ctx.headers["X-Request-Id"]).version == 7
+
+
+async def test_ksuid_ids_are_27_base62_characters_sorted_by_time() -> None:
+    first, later = request_id.ksuid(now=1_500_000_000), request_id.ksuid(now=1_600_000_000)
+    assert re.fullmatch(r"[0-9A-Za-z]{27}", first) and first < later
+    ctx = make_ctx()
+    await plugin(algorithm="ksuid").rewrite(ctx)
+    assert re.fullmatch(r"[0-9A-Za-z]{27}", ctx.headers["X-Request-Id"])
+
+
+async def test_an_id_the_upstream_answered_with_is_kept() -> None:
+    rid = plugin()
+    ctx = make_ctx()
+    await rid.rewrite(ctx)
+    own = answer(200, X_Request_Id="from-upstream")
+    await rid.header_filter(ctx, own)
+    assert own.headers["X-Request-Id"] == "from-upstream"
+    empty = answer(200, X_Request_Id="")
+    await rid.header_filter(ctx, empty)
+    assert empty.headers["X-Request-Id"] == ctx.headers["X-Request-Id"]

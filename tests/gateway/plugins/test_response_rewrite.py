@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import gzip
 
 import pytest
 from transform_support import answer, chunks, issues, loads, make_ctx
 
 from gateway.errors import GatewayError
 from gateway.plugins.response_rewrite import ResponseRewrite
+from gateway.responses import ProxyResponse
 
 AT = "routes[0].plugins.response-rewrite"
 
@@ -29,7 +31,14 @@ def test_config_refuses_bad_input_with_paths() -> None:
     assert "unknown variable" in issues("response-rewrite", {"vars": [["nope", "==", 1]]})[0]
     assert "needs a list" in issues("response-rewrite", {"vars": [["status", "in", 200]]})[0]
     assert issues("response-rewrite", {"headers": {"add": ["no colon"]}})[0].startswith(f"{AT}.headers.add")
-    assert issues("response-rewrite", {"filters": [{"regex": "a", "replace": "b"}]})[0].startswith(f"{AT}.filters")
+    assert issues("response-rewrite", {"filters": [{"regex": "(a", "replace": "b"}]})[0].startswith(f"{AT}.filters[0]")
+    assert (
+        "regex option" in issues("response-rewrite", {"filters": [{"regex": "a", "replace": "b", "options": "jz"}]})[0]
+    )
+    assert issues("response-rewrite", {"filters": [{"regex": "a"}]})[0].startswith(f"{AT}.filters[0].replace")
+    assert issues("response-rewrite", {"filters": []})[0].startswith(f"{AT}.filters")
+    assert "not both" in issues("response-rewrite", {"body": "x", "filters": [{"regex": "a", "replace": "b"}]})[0]
+    assert issues("response-rewrite", {"headers": {"set": {"X-A": ["1", "2"]}}})[0].startswith(f"{AT}.headers")
 
 
 def test_headers_forms() -> None:
@@ -132,3 +141,56 @@ async def test_a_control_character_from_a_cookie_never_reaches_a_response_header
     with pytest.raises(GatewayError) as caught:
         await plugin(headers={"set": {"X-C": "$cookie_c"}}).header_filter(ctx, answer(200))
     assert caught.value.status == 400
+
+
+# filters (APISIX's regex substitutions on the upstream body)
+
+
+async def filtered(rewrite: ResponseRewrite, response: ProxyResponse) -> ProxyResponse:
+    ctx = make_ctx()
+    assert rewrite.needs_response_body
+    await rewrite.header_filter(ctx, response)
+    await response.read_body()  # the pipeline buffers the body for a plugin that needs it
+    await rewrite.body_filter(ctx, response)
+    return response
+
+
+async def test_filters_replace_once_or_globally_with_ngx_re_options() -> None:
+    rewrite = plugin(
+        filters=[
+            {"regex": "hello", "replace": "bye"},
+            {"regex": "WORLD", "replace": "earth", "scope": "global", "options": "ijo"},
+            {"regex": "(\\d+)-(\\d+)", "replace": "$2-$1", "scope": "global"},
+        ]
+    )
+    response = answer(200, b"hello world, hello World! 1-2 3-4", Content_Length="34", ETag='"v1"')
+    await filtered(rewrite, response)
+    assert response.body == b"bye earth, hello earth! 2-1 4-3"
+    assert "Content-Length" not in response.headers and "ETag" not in response.headers
+
+
+async def test_filters_decode_a_gzip_body_first() -> None:
+    body = gzip.compress(b'{"secret":"s3cr3t","user":"jack"}')
+    response = answer(200, body, Content_Encoding="gzip", Content_Type="application/json")
+    await filtered(plugin(filters=[{"regex": '"secret":"[^"]*"', "replace": '"secret":"***"'}]), response)
+    assert response.body == b'{"secret":"***","user":"jack"}'
+    assert "Content-Encoding" not in response.headers
+
+
+async def test_filters_leave_a_body_they_cannot_decode_or_that_is_too_big() -> None:
+    response = answer(200, b"\x00not brotli", Content_Encoding="br")
+    await filtered(plugin(filters=[{"regex": "not", "replace": "yes"}]), response)
+    assert response.body == b"\x00not brotli" and response.headers["Content-Encoding"] == "br"
+    bomb = gzip.compress(b"a" * 100_000)
+    response = answer(200, bomb, Content_Encoding="gzip")
+    await filtered(plugin(filters=[{"regex": "a", "replace": "b"}], max_resp_body_size=1000), response)
+    assert response.body == bomb
+    response = answer(200, b"a" * 2000)
+    await filtered(plugin(filters=[{"regex": "a", "replace": "b"}], max_resp_body_size=1000), response)
+    assert response.body == b"a" * 2000
+
+
+async def test_filters_apply_only_when_vars_match() -> None:
+    rewrite = plugin(filters=[{"regex": "x", "replace": "y"}], vars=[["status", "==", 200]])
+    assert (await filtered(rewrite, answer(500, b"x"))).body == b"x"
+    assert (await filtered(rewrite, answer(200, b"x"))).body == b"y"

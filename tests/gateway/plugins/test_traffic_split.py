@@ -97,3 +97,12 @@ async def test_an_entry_without_upstream_is_the_route_own() -> None:
         await plugin.access(ctx)
         seen.append(ctx.upstream_override)
     assert Counter(seen) == {None: 2, "x": 2}
+
+
+def test_a_rule_without_weighted_upstreams_means_the_route_s_upstream() -> None:
+    # APISIX's default: [{weight: 1}], the route's own upstream.
+    assert config_issues("traffic-split", {"rules": [{"match": [{"vars": [["arg_x", "==", "1"]]}]}]}) == {}
+    many = [{"weight": 1}] * 21
+    assert any(
+        "weighted_upstreams" in key for key in config_issues("traffic-split", {"rules": [{"weighted_upstreams": many}]})
+    )
