@@ -25,6 +25,8 @@ from gateway.store.base import RESOURCE_KINDS, ConfigStore, Snapshot, StoredObje
 
 log = logging.getLogger("protogate.reload")
 
+FOLLOW_RETRY = 1.0  # seconds before a store's watch that ended or failed is started again
+
 
 def open_store(settings: StoreSettings, config_path: Path) -> ConfigStore:
     """The store the config file names; the file's directory anchors a relative data file path."""
@@ -166,21 +168,36 @@ class ConfigManager:
         self._watch = asyncio.get_running_loop().create_task(self._follow(store), name="config-watch")
 
     async def _follow(self, store: ConfigStore) -> None:
+        # Only close() ends this (it cancels the task before closing the store): a watch that ends or fails
+        # is started again, or the node would keep serving an old config without a word.
         while True:
             try:
                 async for snapshot in store.watch(self.revision):
                     await self.apply_snapshot(snapshot)
-                return
+                log.warning("config store watch ended; following the store again from revision %d", self.revision)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watch must outlive whatever a store throws; serve the last good config
                 log.exception("config store watch failed; retrying")
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(FOLLOW_RETRY)
 
     async def apply_snapshot(self, snapshot: Snapshot) -> bool:
-        """Serve a store's snapshot unless it is not newer than the running one; False when refused."""
+        """Serve a store's snapshot unless it is not newer than the running one; False when refused.
+
+        A snapshot marked `resync` (the store's history started over: etcd restored from a backup or
+        replaced) is served even when its revision is lower: it is what the store holds now."""
         async with self._lock:
-            if snapshot.revision <= self.revision and self.snapshot is not None:
+            if snapshot.resync is not None and self.snapshot is not None:
+                log.warning(
+                    "config store resynchronised (%s): serving its revision %d in place of revision %d",
+                    snapshot.resync,
+                    snapshot.revision,
+                    self.revision,
+                )
+                if snapshot.objects == self.snapshot.objects:  # the same objects at the same revisions: no reload
+                    self.snapshot, self.revision = snapshot, snapshot.revision
+                    return True
+            elif snapshot.revision <= self.revision and self.snapshot is not None:
                 return True  # our own write, seen again through the watch
             self.snapshot = snapshot  # what the store holds, even when refused: writes build on it
             try:

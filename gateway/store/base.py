@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # The resource kinds a store holds, as they are named in the config document and the Admin API.
@@ -45,6 +45,10 @@ class Snapshot:
 
     revision: int
     objects: dict[str, dict[str, StoredObject]]  # kind -> id -> object
+    # Set (to why) when the store's history started over: etcd restored from a backup or replaced by another
+    # cluster, a data file restored. Such a snapshot is the whole truth even when its revision is lower than
+    # one already applied, and replaces the running config.
+    resync: str | None = field(default=None, compare=False)
 
     def document(self) -> dict[str, list[dict[str, Any]]]:
         """The resources as a config document's lists (the shape load_document takes)."""

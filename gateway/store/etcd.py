@@ -7,68 +7,93 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aetcd
-import aetcd.exceptions
-import aetcd.rpc
+import aetcd.rpc as rpc
 import aetcd.utils
-import grpc
 
 from gateway.store.base import RESOURCE_KINDS, Snapshot, StoreConflict, StoredObject, StoreError, id_field
+from gateway.store.etcd_client import (
+    CONNECT_WAIT,
+    EtcdConnection,
+    EtcdRefused,
+    EtcdUnavailable,
+    HistoryGone,
+    WatchStream,
+    found_revision,
+    if_at_revision,
+    parse_endpoint,
+)
 
 log = logging.getLogger("protogate.store.etcd")
 
 T = TypeVar("T")
 Objects = dict[str, dict[str, StoredObject]]
+Marks = dict[bytes, tuple[int, int]]  # resource key -> (mod_revision, create_revision): a history's fingerprint
 
-DEFAULT_PORT = 2379
-# gRPC's own reconnect backoff grows to 120 s; a store that must converge soon after etcd is back wants less.
-# Keepalive pings find a peer that vanished without closing the connection (a partition, a frozen host).
-_CHANNEL_OPTIONS: dict[str, Any] = {
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 1000,
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.max_receive_message_length": 64 * 1024 * 1024,
-}
-_UNREACHABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError, TimeoutError)
+# A watch that heard nothing for this long asks etcd for a progress response; no answer within `timeout`
+# means the stream is stuck (it can be, without an error, behind a proxy or on a wedged member).
+PROGRESS_INTERVAL = 10.0
 
 
-class _Resync(Exception):
-    """The watch cannot continue from the revision it holds (compacted away, or etcd's history restarted)."""
+class _HistoryChanged(Exception):
+    """etcd no longer holds the history this watch followed: take its current state as a whole."""
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """`http://host:port`, `host:port`, `[v6]:port` or `host` (port 2379) -> (host, port)."""
-    address = endpoint.strip()
-    scheme, sep, rest = address.partition("://")
-    if sep:
-        if scheme != "http":
-            raise ValueError(f"etcd endpoint {endpoint!r}: only http:// is supported (no TLS to etcd yet)")
-        address = rest
-    address = address.rstrip("/")
-    if address.startswith("["):
-        host, _, port = address[1:].partition("]")
-        port = port.removeprefix(":")
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
-    else:
-        host, port = address, ""
-    if not host or (port and not port.isdigit()) or not 0 < int(port or DEFAULT_PORT) < 65536:
-        raise ValueError(f"etcd endpoint {endpoint!r} is not HOST:PORT")
-    return host, int(port or DEFAULT_PORT)
+@dataclass(frozen=True)
+class _Write:
+    """This store's last put, as etcd's history must still show it: the node may serve it before its watch
+    sees it, so a watch that is behind checks etcd against it too."""
+
+    revision: int
+    key: bytes
+    created: int
+    value: bytes
+
+
+@dataclass
+class _View:
+    """What one watch holds: the objects at `revision`, and what tells the history it came from."""
+
+    revision: int
+    cluster_id: int | None
+    objects: Objects | None = None  # None until the first connection read them
+    marks: Marks = field(default_factory=dict)
+    corrupt: set[bytes] = field(default_factory=set)  # keys whose value is not a JSON object: no snapshot until fixed
+    resync: str | None = None  # why the next connection must start over from etcd's current state
+    unsent: str | None = None  # why it did, until a snapshot carries it (none goes out while a value is corrupt)
+
+    def load(self, revision: int, objects: Objects, marks: Marks, corrupt: set[bytes]) -> None:
+        self.revision, self.objects, self.marks, self.corrupt = revision, objects, marks, corrupt
+
+    def snapshot(self) -> Snapshot:
+        resync, self.unsent = self.unsent, None
+        return Snapshot(self.revision, {kind: dict(by_id) for kind, by_id in (self.objects or {}).items()}, resync)
+
+    def check(self, header: Any) -> None:
+        """_HistoryChanged when an answer comes from another cluster, or from behind the revision held."""
+        if self.cluster_id is not None and header.cluster_id != self.cluster_id:
+            raise _HistoryChanged(f"etcd's cluster id changed from {self.cluster_id:x} to {header.cluster_id:x}")
+        if header.revision < self.revision:
+            raise _HistoryChanged(f"etcd is at revision {header.revision}, behind revision {self.revision} held here")
 
 
 class EtcdStore:
     """The resources under `<prefix>/<kind>/<id>` in etcd; an object's revision is its key's mod_revision.
 
-    Requests go to one endpoint at a time and move to the next when it is unreachable. Every
-    request is bounded by `timeout` seconds, so while etcd is away `snapshot()` and the writes raise
-    StoreError quickly. `watch()` never raises for an outage: it reconnects with backoff (logging
-    once per outage), resumes from the last revision it saw, and resynchronises from a fresh
-    snapshot when that revision was compacted away.
+    Requests go to one endpoint at a time and move to the next when it is unreachable. A request waits
+    up to `connect_wait` seconds for a connection (so one made just as etcd comes back, while gRPC backs
+    off between reconnect attempts, goes through), then `timeout` seconds for etcd's answer: when etcd
+    is down, snapshot() and the writes raise StoreError after `connect_wait` per endpoint.
+
+    `watch()` never raises for an outage: it reconnects with backoff (logging once per outage; `error`
+    says so meanwhile), checks that etcd still holds the history it followed, and resumes from the last
+    revision it saw. When that history is gone (compacted, etcd restored from a backup, another cluster
+    in its place: its cluster id differs, its revision went back, its keys at the revision held are not
+    the ones seen, or it lacks this store's last write) it yields etcd's current state whole, marked
+    `resync`. A stream that ends, is cancelled, or stays silent past a progress request counts as an
+    outage, never as the end of changes.
     """
 
     read_only = False
@@ -83,26 +108,36 @@ class EtcdStore:
         password: str | None = None,
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 2.0,
+        connect_wait: float = CONNECT_WAIT,
+        progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd store needs at least one endpoint")
         if (username is None) != (password is None):
             raise ValueError("etcd username and password go together")
-        if timeout <= 0:
-            raise ValueError("etcd timeout must be positive")
+        if timeout <= 0 or connect_wait <= 0 or progress_interval <= 0:
+            raise ValueError("etcd timeouts must be positive")
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.timeout = timeout
+        self.connect_wait = connect_wait
+        self.progress_interval = progress_interval
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max(max_reconnect_delay, reconnect_delay)
-        self._credentials = (username, password)
+        self._credentials = (username, password) if username is not None and password is not None else None
         self._root = (self.prefix + "/").encode()
-        self._current = 0  # index into endpoints of the shared client
-        self._client: aetcd.Client | None = None
-        self._watch_clients: set[aetcd.Client] = set()
+        self._end = aetcd.utils.prefix_range_end(self._root)
+        self._current = 0  # index into endpoints of the shared connection
+        self._conn: EtcdConnection | None = None
+        self._watch_conns: set[EtcdConnection] = set()
         self._closed = False
+        self._last: Snapshot | None = None  # the last snapshot(): a watch from its revision checks etcd against it
+        self._cluster_id: int | None = None  # of the etcd that answered it
+        self._high = 0  # the highest revision etcd reported to this store's requests: it cannot go back
+        self._write: _Write | None = None
         # The revision of this store's last write (the Admin API reports a delete's revision from it).
         self.revision: int | None = None
+        self.error: str | None = None  # while the watch cannot reach etcd, why (the Admin API's status shows it)
 
     # -- keys and values
 
@@ -130,73 +165,70 @@ class EtcdStore:
             raise StoreError(f"etcd key {key.decode(errors='replace')} does not hold a JSON object")
         return value
 
-    # -- clients
+    def _read(self, kvs: Any, *, strict: bool) -> tuple[Objects, Marks, set[bytes]]:
+        """The resources among `kvs`; a value that is not a JSON object is StoreError when `strict`, else corrupt."""
+        objects: Objects = {kind: {} for kind in RESOURCE_KINDS}
+        marks: Marks = {}
+        corrupt: set[bytes] = set()
+        for kv in kvs:
+            where = self._split(kv.key)
+            if where is None:
+                continue
+            kind, obj_id = where
+            marks[kv.key] = (kv.mod_revision, kv.create_revision)
+            try:
+                value = self._decode(kv.key, kv.value)
+            except StoreError:
+                if strict:
+                    raise
+                corrupt.add(kv.key)
+                continue
+            objects[kind][obj_id] = StoredObject(kind, obj_id, value, kv.mod_revision, kv.create_revision)
+        return objects, marks, corrupt
 
-    def _new_client(self, index: int) -> aetcd.Client:
+    # -- requests
+
+    def _connect(self, index: int) -> EtcdConnection:
         host, port = self.endpoints[index % len(self.endpoints)]
-        username, password = self._credentials
-        return aetcd.Client(
-            host=host,
-            port=port,
-            username=username,
-            password=password,
-            timeout=self.timeout,  # type: ignore[arg-type]  # passed on to grpc, which takes float seconds
-            options=_CHANNEL_OPTIONS,
-            connect_wait_timeout=self.timeout,  # type: ignore[arg-type]
+        return EtcdConnection(
+            host, port, timeout=self.timeout, connect_wait=self.connect_wait, credentials=self._credentials
         )
 
-    async def _request(self, operation: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+    async def _request(self, operation: Callable[[EtcdConnection], Awaitable[T]]) -> T:
         """Run one operation, trying each endpoint once; StoreError when none answers in time."""
         if self._closed:
             raise StoreError("etcd store is closed")
-        last: BaseException | None = None
+        last: Exception | None = None
         for _ in self.endpoints:
-            if self._client is None:
-                self._client = self._new_client(self._current)
-            client = self._client
+            if self._conn is None:
+                self._conn = self._connect(self._current)
+            conn = self._conn
             try:
-                return await asyncio.wait_for(operation(client), self.timeout)
-            except _UNREACHABLE as exc:
+                # Each step has its own deadline (connect, token, call, a renewed token's call): a guard only.
+                return await asyncio.wait_for(operation(conn), self.connect_wait + 4 * self.timeout)
+            except (EtcdUnavailable, TimeoutError) as exc:
                 last = exc
-                if len(self.endpoints) > 1 and self._client is client:
-                    self._client, self._current = None, self._current + 1
-                    await client.close()
-            except aetcd.exceptions.ClientError as exc:
+                if len(self.endpoints) > 1 and self._conn is conn:
+                    self._conn, self._current = None, self._current + 1
+                    await conn.close()
+            except EtcdRefused as exc:
                 raise StoreError(f"etcd refused the request: {exc}") from exc
         where = ", ".join(f"{host}:{port}" for host, port in self.endpoints)
         raise StoreError(f"etcd unreachable ({where}): {last or 'timed out'}") from last
 
-    async def _kv_range(self, client: aetcd.Client, request: Any) -> Any:
-        """A RangeRequest sent as is: aetcd's get_prefix cannot read at a revision or count only.
-        Errors are mapped the way aetcd maps its own."""
-        await client.connect()
-        try:
-            return await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # compacted, or a revision etcd has not reached
-                raise _Resync(exc.details()) from None
-            aetcd.exceptions._handle_exception(exc)  # always raises
-            raise
-
-    async def _range(self, client: aetcd.Client, revision: int = 0) -> Snapshot:
-        """Every resource at `revision` (0: now)."""
-        request = aetcd.rpc.RangeRequest(
-            key=self._root, range_end=aetcd.utils.prefix_range_end(self._root), revision=revision
-        )
-        response = await self._kv_range(client, request)
-        objects: Objects = {kind: {} for kind in RESOURCE_KINDS}
-        for kv in response.kvs:
-            where = self._split(kv.key)
-            if where is not None:
-                kind, obj_id = where
-                value = self._decode(kv.key, kv.value)
-                objects[kind][obj_id] = StoredObject(kind, obj_id, value, kv.mod_revision, kv.create_revision)
-        return Snapshot(revision or response.header.revision, objects)
+    async def _range(self, conn: EtcdConnection, revision: int = 0) -> Any:
+        """Every key under the prefix at `revision` (0: now); HistoryGone when etcd has no such revision."""
+        return await conn.kv("Range", rpc.RangeRequest(key=self._root, range_end=self._end, revision=revision))
 
     # -- ConfigStore
 
     async def snapshot(self) -> Snapshot:
-        return await self._request(self._range)
+        response = await self._request(self._range)
+        objects, _, _ = self._read(response.kvs, strict=True)
+        snapshot = Snapshot(int(response.header.revision), objects)
+        self._last, self._cluster_id = snapshot, int(response.header.cluster_id)
+        self._high = max(self._high, snapshot.revision)
+        return snapshot
 
     async def put(self, kind: str, obj_id: str, value: dict[str, Any], *, expect_revision: int | None) -> StoredObject:
         key = self.key(kind, obj_id)
@@ -204,178 +236,205 @@ class EtcdStore:
         if named is not None and str(named) != obj_id:
             raise ValueError(f"the value's {id_field(kind)} {named!r} is not {obj_id!r}")
         data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+        request = rpc.PutRequest(key=key, value=data, prev_kv=True)
 
-        async def write(client: aetcd.Client) -> tuple[int, int]:
+        async def write(conn: EtcdConnection) -> tuple[int, int]:
             """(the write's revision, the object's create revision)"""
             if expect_revision is None:
-                put = await client.put(key, data, prev_kv=True)
-                revision, previous = int(put.header.revision), put.prev_kv
+                response = await conn.kv("Put", request)
             else:
-                # expect_revision 0 means "must not exist": etcd compares a missing key's mod_revision as 0.
-                succeeded, responses = await client.transaction(
-                    compare=[client.transactions.mod(key) == expect_revision],
-                    success=[client.transactions.put(key, data, prev_kv=True)],
-                    failure=[client.transactions.get(key)],
-                )
-                if not succeeded:
-                    current = responses[0][0][1].mod_revision if responses and responses[0] else 0
-                    raise StoreConflict(f"{kind}/{obj_id} is at revision {current}, not {expect_revision}")
-                response = responses[0].response_put
-                revision = int(response.header.revision)
-                previous = response.prev_kv if response.HasField("prev_kv") else None
-            return revision, int(previous.create_revision) if previous else revision
+                txn = await conn.kv("Txn", if_at_revision(key, expect_revision, rpc.RequestOp(request_put=request)))
+                if not txn.succeeded:
+                    raise StoreConflict(f"{kind}/{obj_id} is at revision {found_revision(txn)}, not {expect_revision}")
+                response = txn.responses[0].response_put
+            revision = int(response.header.revision)
+            return revision, int(response.prev_kv.create_revision) if response.HasField("prev_kv") else revision
 
         revision, created = await self._request(write)
-        self.revision = revision
+        self.revision, self._high = revision, max(self._high, revision)
+        self._write = _Write(revision, key, created, data)
         return StoredObject(kind, obj_id, dict(value), revision, created)
 
     async def delete(self, kind: str, obj_id: str, *, expect_revision: int | None) -> None:
         key = self.key(kind, obj_id)
+        request = rpc.DeleteRangeRequest(key=key)
 
-        async def remove(client: aetcd.Client) -> int | None:
+        async def remove(conn: EtcdConnection) -> int | None:
             """The delete's revision; None when there was nothing to delete."""
             if expect_revision is None:
-                deleted = await client.delete(key)
-                return None if deleted is None else int(deleted.header.revision)
-            succeeded, responses = await client.transaction(
-                compare=[client.transactions.mod(key) == expect_revision],
-                success=[client.transactions.delete(key)],
-                failure=[client.transactions.get(key)],
-            )
-            if succeeded:
-                response = responses[0].response_delete_range
-                return int(response.header.revision) if response.deleted else None
-            if not responses or not responses[0]:
-                return None
-            current = responses[0][0][1].mod_revision
-            raise StoreConflict(f"{kind}/{obj_id} is at revision {current}, not {expect_revision}")
+                response = await conn.kv("DeleteRange", request)
+            else:
+                txn = await conn.kv(
+                    "Txn", if_at_revision(key, expect_revision, rpc.RequestOp(request_delete_range=request))
+                )
+                if not txn.succeeded:
+                    current = found_revision(txn)
+                    if not current:
+                        return None
+                    raise StoreConflict(f"{kind}/{obj_id} is at revision {current}, not {expect_revision}")
+                response = txn.responses[0].response_delete_range
+            return int(response.header.revision) if response.deleted else None
 
         revision = await self._request(remove)
         if revision is None:
             raise KeyError(f"{kind}/{obj_id}")
-        self.revision = revision
+        self.revision, self._high = revision, max(self._high, revision)
 
     async def watch(self, after_revision: int) -> AsyncIterator[Snapshot]:
-        objects: Objects | None = None
-        revision = after_revision
-        resync = False
-        corrupt: set[bytes] = set()  # keys whose value is not a JSON object: no snapshot until they are fixed
+        view = _View(after_revision, self._cluster_id)
+        last = self._last
+        if last is not None and after_revision > 0 and last.revision == after_revision:
+            # The caller serves this snapshot: the first connection can already check etcd's history against it.
+            marks = {
+                self.key(o.kind, o.id): (o.revision, o.created_revision)
+                for b in last.objects.values()
+                for o in b.values()
+            }
+            view.load(last.revision, {kind: dict(by_id) for kind, by_id in last.objects.items()}, marks, set())
         delay, outage, endpoint = self.reconnect_delay, False, self._current
         while not self._closed:
-            client = self._new_client(endpoint)
-            self._watch_clients.add(client)
+            conn = self._connect(endpoint)
+            self._watch_conns.add(conn)
             try:
-                now = await asyncio.wait_for(self._revision_now(client), self.timeout)
-                # etcd behind the revision we hold: its history restarted (restored from a backup, or wiped).
-                resync = resync or (objects is not None and now < revision)
-                if objects is None or resync:
-                    base = await self._base(client, revision, fresh=resync)
-                    objects, corrupt = base.objects, set()
-                    changed = resync or revision <= 0 or base.revision != revision
-                    revision, resync = base.revision, False
-                    if changed:
-                        yield base
-                watch = await client.watch_prefix(self._root, start_revision=revision + 1)
+                base = await self._catch_up(conn, view)
+                if base is not None:
+                    yield base
+                stream = await conn.watch(self._root, self._end, view.revision + 1)
                 if outage:
-                    log.warning("etcd watch resumed from revision %d", revision)
-                outage, delay = False, self.reconnect_delay
-                async for batch in _batches(watch):
-                    if not any([self._apply(objects, corrupt, event) for event in batch]):
-                        continue
-                    revision = max(revision, *(int(event.kv.mod_revision) for event in batch))
-                    if corrupt:
-                        keys = sorted(k.decode(errors="replace") for k in corrupt)
-                        log.error("etcd keys hold invalid values; keeping the last good config: %s", keys)
-                        continue
-                    yield Snapshot(revision, {kind: dict(by_id) for kind, by_id in objects.items()})
-                if not self._closed:
-                    raise aetcd.exceptions.ConnectionFailedError("the watch stream ended")
-            except (_Resync, aetcd.exceptions.RevisionCompactedError) as exc:
-                log.warning("etcd watch cannot resume after revision %d (%s); resynchronising", revision, exc)
-                resync = True
+                    log.warning("etcd watch resumed from revision %d", view.revision)
+                outage, delay, self.error = False, self.reconnect_delay, None
+                async with contextlib.aclosing(self._events(stream, view)) as responses:
+                    async for events in responses:
+                        if not any([self._apply(view, event) for event in events]):
+                            continue
+                        view.revision = max(view.revision, *(int(event.kv.mod_revision) for event in events))
+                        if view.corrupt:
+                            keys = sorted(k.decode(errors="replace") for k in view.corrupt)
+                            log.error("etcd keys hold invalid values; keeping the last good config: %s", keys)
+                            continue
+                        yield view.snapshot()
+            except _HistoryChanged as exc:
+                view.resync = str(exc)  # the next turn, at once, starts over from etcd's current state
+            except HistoryGone as exc:
+                view.resync = f"revision {view.revision} is no longer in etcd's history: {exc}"
             except Exception as exc:  # an outage, whatever shape the error takes: the watch must outlive it
                 if self._closed:
                     break
                 if not outage:
-                    outage = True
+                    outage, self.error = True, f"etcd unreachable: {exc or type(exc).__name__}"
                     log.warning("etcd unreachable (%s); keeping the last config and retrying", exc or type(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
                 endpoint += 1
             finally:
-                self._watch_clients.discard(client)
-                await client.close()
+                self._watch_conns.discard(conn)
+                await conn.close()
 
-    async def _revision_now(self, client: aetcd.Client) -> int:
-        request = aetcd.rpc.RangeRequest(key=self._root, count_only=True)
-        return int((await self._kv_range(client, request)).header.revision)
-
-    async def _base(self, client: aetcd.Client, revision: int, *, fresh: bool) -> Snapshot:
-        """The state to apply events to: as it was at `revision`, or now when that is gone (or `fresh`)."""
-        if revision > 0 and not fresh:
+    async def _catch_up(self, conn: EtcdConnection, view: _View) -> Snapshot | None:
+        """Make sure etcd still holds the history `view` came from, or start over from etcd's current state:
+        returns the snapshot to yield before watching from view.revision + 1, or None."""
+        header = (await conn.kv("Range", rpc.RangeRequest(key=self._root, count_only=True))).header
+        if view.resync is None and view.revision > 0:
             try:
-                return await asyncio.wait_for(self._range(client, revision), self.timeout)
-            except _Resync:
-                pass
-        return await asyncio.wait_for(self._range(client), self.timeout)
+                view.check(header)
+                if header.revision < self._high:
+                    raise _HistoryChanged(
+                        f"etcd is at revision {header.revision}, behind revision {self._high} seen here"
+                    )
+                past = await self._range(conn, view.revision)
+                objects, marks, corrupt = self._read(past.kvs, strict=False)
+                if view.objects is not None and marks != view.marks:
+                    # Same cluster id, revision not behind: a new history that got past the revision held here.
+                    raise _HistoryChanged(f"etcd's keys at revision {view.revision} are not the ones seen here")
+                await self._check_write(conn, view.revision)
+                if view.objects is None:
+                    view.load(view.revision, objects, marks, corrupt)
+                view.cluster_id = int(header.cluster_id)
+                return None
+            except _HistoryChanged as exc:
+                view.resync = str(exc)
+            except HistoryGone as exc:
+                view.resync = f"revision {view.revision} is no longer in etcd's history: {exc}"
+        now = await self._range(conn)
+        objects, marks, corrupt = self._read(now.kvs, strict=False)
+        resync, view.resync = view.resync, None
+        view.load(int(now.header.revision), objects, marks, corrupt)
+        view.cluster_id = int(now.header.cluster_id)
+        if resync is not None:
+            self._high, self._write = view.revision, None  # what was seen here belongs to the history gone
+            view.unsent = resync
+            log.warning(
+                "etcd history restarted or lost (%s): taking its revision %d as the whole config", resync, view.revision
+            )
+        if corrupt:
+            keys = sorted(k.decode(errors="replace") for k in corrupt)
+            log.error("etcd keys hold invalid values; keeping the last good config: %s", keys)
+            return None
+        return view.snapshot()
 
-    def _apply(self, objects: Objects, corrupt: set[bytes], event: Any) -> bool:
+    async def _check_write(self, conn: EtcdConnection, after: int) -> None:
+        """_HistoryChanged unless etcd still holds this store's last put (when it came after revision `after`)."""
+        write = self._write
+        if write is None or write.revision <= after:
+            return
+        response = await conn.kv("Range", rpc.RangeRequest(key=write.key, revision=write.revision))
+        found = [(kv.mod_revision, kv.create_revision, kv.value) for kv in response.kvs]
+        if found != [(write.revision, write.created, write.value)]:
+            raise _HistoryChanged(f"etcd's history no longer holds the write of revision {write.revision} made here")
+
+    async def _events(self, stream: WatchStream, view: _View) -> AsyncIterator[list[Any]]:
+        """The events of each watch response (one revision's events are never split), after checking where
+        the response comes from; a quiet stream is asked for progress, and a silent one is an outage."""
+        read: asyncio.Future[Any] | None = None
+        probing = False
+        try:
+            while True:
+                if read is None:
+                    read = asyncio.ensure_future(stream.read())
+                done, _ = await asyncio.wait({read}, timeout=self.timeout if probing else self.progress_interval)
+                if not done:
+                    if probing:
+                        raise EtcdUnavailable(f"{stream.address}: the watch stream went silent")
+                    await stream.request_progress()
+                    probing = True
+                    continue
+                response, read, probing = read.result(), None, False
+                view.check(response.header)
+                if response.events:
+                    yield list(response.events)
+        finally:
+            if read is not None:
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await read
+            stream.cancel()
+
+    def _apply(self, view: _View, event: Any) -> bool:
         key: bytes = event.kv.key
         where = self._split(key)
-        if where is None:
+        if where is None or view.objects is None:
             return False
         kind, obj_id = where
-        corrupt.discard(key)
-        if event.kind == "DELETE":
-            objects[kind].pop(obj_id, None)
+        view.corrupt.discard(key)
+        if event.type == rpc.Event.EventType.DELETE:
+            view.objects[kind].pop(obj_id, None)
+            view.marks.pop(key, None)
             return True
+        view.marks[key] = (event.kv.mod_revision, event.kv.create_revision)
         try:
             value = self._decode(key, event.kv.value)
         except StoreError:
-            corrupt.add(key)
-            objects[kind].pop(obj_id, None)
+            view.corrupt.add(key)
+            view.objects[kind].pop(obj_id, None)
             return True
-        objects[kind][obj_id] = StoredObject(kind, obj_id, value, event.kv.mod_revision, event.kv.create_revision)
+        kv = event.kv
+        view.objects[kind][obj_id] = StoredObject(kind, obj_id, value, kv.mod_revision, kv.create_revision)
         return True
 
     async def close(self) -> None:
         self._closed = True
-        for client in list(self._watch_clients):
-            await client.close()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-
-async def _batches(watch: aetcd.Watch) -> AsyncIterator[list[Any]]:
-    """The watch's events, grouped: everything that arrived together (one revision's events arrive
-    in one response, so a transaction is never split) comes out as one list."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    done = object()
-
-    async def pump() -> None:
-        try:
-            async for event in watch:
-                queue.put_nowait(event)
-            queue.put_nowait(done)
-        except BaseException as exc:
-            queue.put_nowait(exc)
-            raise
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            events = [item for item in items if item is not done and not isinstance(item, BaseException)]
-            yield events
-            for item in items:
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):  # its error, if any, came through the queue
-            await task
+        for conn in list(self._watch_conns):
+            await conn.close()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()

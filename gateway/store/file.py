@@ -241,6 +241,8 @@ class FileStore:
         self._lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self.error: str | None = None  # why the file's last change was not read (the status page shows it)
+        self._unseen = False  # the file changed under us and the watch has not yielded it yet
+        self._resync: str | None = None  # why that change must replace the running config whatever its revision
 
     def _parse(self, document: dict[str, Any]) -> tuple[int, Objects]:
         meta = document.get(REVISIONS_KEY) or {}
@@ -262,20 +264,38 @@ class FileStore:
             self._loaded = True
             return False
         changed = await self._file.changed()
-        self._loaded = True
+        loaded, self._loaded = self._loaded, True
         if changed is None:
             return False
+        before = self.revision
         self.revision, self._objects = self._parse(changed[0])
+        self._unseen = loaded  # the first read is what snapshot() returns: nothing for the watch to deliver
+        if loaded and self.revision <= before:
+            self._resync = f"{self.path} went back from revision {before} to {self.revision} (restored?)"
         return True
+
+    async def _absorbed(self) -> None:
+        """Refresh before a write; a change from outside it finds is then delivered by the watch, whole."""
+        if await self._refresh():
+            # The writer's document was built on what it served, not on this: the watch must replace it.
+            self._resync = self._resync or f"{self.path} changed outside this gateway, just before a write"
 
     async def snapshot(self) -> Snapshot:
         async with self._lock:
             await self._refresh()
             return Snapshot(self.revision, {kind: dict(by_id) for kind, by_id in self._objects.items()})
 
+    def _deliver(self) -> Snapshot:
+        """What the watch yields: everything, with why it must replace the running config if it must."""
+        resync, self._unseen, self._resync = self._resync, False, None
+        return Snapshot(self.revision, {kind: dict(by_id) for kind, by_id in self._objects.items()}, resync)
+
     async def watch(self, after_revision: int) -> AsyncIterator[Snapshot]:
         if after_revision < self.revision:
-            yield await self.snapshot()
+            async with self._lock:
+                await self._refresh()
+                snapshot = self._deliver()
+            yield snapshot
         failing = False
         while not self._closed.is_set():
             with contextlib.suppress(TimeoutError):
@@ -283,22 +303,24 @@ class FileStore:
                 return
             try:
                 async with self._lock:
-                    changed = await self._refresh()
+                    await self._refresh()
+                    unseen = self._unseen
+                    snapshot = self._deliver()
             except StoreError as exc:
                 self._file.digest = None
                 if not failing:
                     log.error("%s; keeping the last good config", exc)
                 failing, self.error = True, str(exc)
                 continue
-            if changed:
+            if unseen:
                 failing, self.error = False, None
-                yield Snapshot(self.revision, {kind: dict(by_id) for kind, by_id in self._objects.items()})
+                yield snapshot
 
     async def put(self, kind: str, obj_id: str, value: dict[str, Any], *, expect_revision: int | None) -> StoredObject:
         if kind not in RESOURCE_KINDS:
             raise ValueError(f"unknown resource kind {kind!r}")
         async with self._lock:
-            await self._refresh()
+            await self._absorbed()
             current = self._objects.get(kind, {}).get(obj_id)
             _check_expected(kind, obj_id, current, expect_revision)
             revision = self.revision + 1
@@ -311,7 +333,7 @@ class FileStore:
 
     async def delete(self, kind: str, obj_id: str, *, expect_revision: int | None) -> None:
         async with self._lock:
-            await self._refresh()
+            await self._absorbed()
             current = self._objects.get(kind, {}).get(obj_id)
             if current is None:
                 raise KeyError(f"{kind}/{obj_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 from gateway_harness import Gateway, GatewayFactory
 from processes import BIN, REPO, start
-from servers.etcd_server import EtcdServer
+from servers.etcd_server import EtcdServer, replace_history
 from servers.redis_server import RedisServer
 
 
@@ -122,28 +123,19 @@ def admin_url(gateway: Gateway) -> str:
     return line.rsplit("http://", 1)[1].strip()
 
 
-async def admin_put(gateway: Gateway, kind: str, obj_id: str, body: dict[str, Any]) -> None:
+async def admin_request(gateway: Gateway, kind: str, obj_id: str, body: dict[str, Any]) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as session,
         session.put(
             f"http://{admin_url(gateway)}/protogate/admin/{kind}/{obj_id}", json=body, headers={"X-API-KEY": ADMIN_KEY}
         ) as response,
     ):
-        assert response.status in (200, 201), await response.text()
+        return response.status, await response.text()
 
 
-async def admin_put_when_back(gateway: Gateway, kind: str, obj_id: str, body: dict[str, Any]) -> None:
-    """admin_put, retried while the store answers 503 (etcd just came back), within a deadline."""
-    deadline = time.monotonic() + 10
-    async with aiohttp.ClientSession() as session:
-        while True:
-            url = f"http://{admin_url(gateway)}/protogate/admin/{kind}/{obj_id}"
-            async with session.put(url, json=body, headers={"X-API-KEY": ADMIN_KEY}) as response:
-                if response.status in (200, 201):
-                    return
-                text = await response.text()
-            assert response.status == 503 and time.monotonic() < deadline, text
-            await asyncio.sleep(0.1)
+async def admin_put(gateway: Gateway, kind: str, obj_id: str, body: dict[str, Any]) -> None:
+    status, text = await admin_request(gateway, kind, obj_id, body)
+    assert status in (200, 201), text
 
 
 async def until_served(gateways: list[Gateway], host: str, timeout: float) -> float:
@@ -178,9 +170,42 @@ async def test_both_nodes_keep_serving_while_etcd_is_away(
     for _ in range(5):
         assert await statuses([node_a, node_b], "before.test", 20) == [200] * 20
         await asyncio.sleep(0.2)
+    # A write while etcd is down fails, clearly, after the store's connect wait (2 s), and nothing changes.
+    started = time.monotonic()
+    status, text = await admin_request(
+        node_a, "routes", "r2", {"uri": "/*", "host": "lost.test", "upstream_id": "echo"}
+    )
+    assert status == 503 and "etcd unreachable" in text and "no connection within 2s" in text, text
+    assert time.monotonic() - started < 3.0
+    assert await statuses([node_a], "lost.test", 1) == [404]
     etcd_server.start()  # same port and data: the watches resume from the revision they had
-    await asyncio.sleep(0.5)
-    # The node's etcd channel may still be in its reconnect backoff: its first write can get a fast 503.
-    await admin_put_when_back(node_a, "routes", "r2", {"uri": "/*", "host": "after.test", "upstream_id": "echo"})
+    # The first write goes through at once, though the node's etcd channel may be between reconnect attempts.
+    await admin_put(node_a, "routes", "r2", {"uri": "/*", "host": "after.test", "upstream_id": "echo"})
     await until_served([node_a, node_b], "after.test", timeout=5.0)
     assert await statuses([node_a, node_b], "before.test", 2) == [200, 200]
+
+
+@pytest.mark.parametrize("filler", [0, 30], ids=["new-history-behind", "new-history-ahead"])
+async def test_a_node_follows_etcd_replaced_by_a_new_history(
+    gateway_factory: GatewayFactory, upstream_port: int, etcd_server: EtcdServer, tmp_path: Path, filler: int
+) -> None:
+    """etcd restored from an older backup, or rebuilt: its revisions restart, below the node's or (after
+    `filler` writes) past them. Either way the node serves what etcd now holds, and says why."""
+    node = gateway_factory(etcd_node(etcd_server, admin=True))
+    upstream = {"scheme": "http", "nodes": {f"127.0.0.1:{upstream_port}": 1}}
+    await admin_put(node, "upstreams", "echo", upstream)
+    for n in range(5):  # a few revisions for the new history to fall behind
+        await admin_put(node, "routes", "old", {"uri": f"/{n}/*", "host": "old.test", "upstream_id": "echo"})
+    await admin_put(node, "routes", "old", {"uri": "/*", "host": "old.test", "upstream_id": "echo"})
+    await until_served([node], "old.test", timeout=2.0)
+    new_route = {"id": "new", "uri": "/*", "host": "new.test", "upstream_id": "echo"}
+    keys = {
+        b"/protogate/upstreams/echo": json.dumps({"id": "echo", **upstream}).encode(),
+        b"/protogate/routes/new": json.dumps(new_route).encode(),
+    }
+    await replace_history(etcd_server, tmp_path / "etcd-new", keys, filler=filler)
+    await until_served([node], "new.test", timeout=10.0)
+    assert await statuses([node], "old.test", 1) == [404]
+    assert any("config store resynchronised" in line for line in node.process.output), "".join(node.process.output)
+    await admin_put(node, "routes", "later", {"uri": "/*", "host": "later.test", "upstream_id": "echo"})
+    await until_served([node], "later.test", timeout=2.0)

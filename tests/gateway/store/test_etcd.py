@@ -6,11 +6,14 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aetcd
+import aetcd.rpc as rpc
+import grpc
 import pytest
-from servers.etcd_server import EtcdServer
+from servers.etcd_server import EtcdProxy, EtcdServer, replace_history
 from servers.local_servers import free_port
 
 from gateway.store.base import Snapshot, StoreConflict, StoreError
@@ -34,6 +37,13 @@ async def snapshot_where(watch: AsyncIterator[Snapshot], check: object, timeout:
         snapshot = await next_snapshot(watch, max(deadline - time.monotonic(), 0.01))
         if check(snapshot):  # type: ignore[operator]
             return snapshot
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(
@@ -234,18 +244,20 @@ async def test_a_corrupt_value_is_never_applied(etcd: EtcdServer, caplog: pytest
         await store.close()
 
 
-async def test_unreachable_etcd_fails_fast(etcd: EtcdServer) -> None:
+async def test_unreachable_etcd_fails_within_the_connect_wait(etcd: EtcdServer) -> None:
     etcd.stop()
     store = store_for(etcd, timeout=1.0)
     try:
-        started = time.monotonic()
-        with pytest.raises(StoreError, match="unreachable"):
-            await store.snapshot()
-        with pytest.raises(StoreError):
-            await store.put("routes", "r1", ROUTE, expect_revision=None)
-        with pytest.raises(StoreError):
-            await store.delete("routes", "r1", expect_revision=None)
-        assert time.monotonic() - started < 3.0
+        assert store.connect_wait == 2.0  # the documented default: how long a request waits for a connection
+        for request in (
+            store.snapshot(),
+            store.put("routes", "r1", ROUTE, expect_revision=None),
+            store.delete("routes", "r1", expect_revision=None),
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=r"unreachable .*no connection within 2s"):
+                await request
+            assert 1.9 < time.monotonic() - started < 2.5
     finally:
         await store.close()
 
@@ -272,18 +284,11 @@ async def test_watch_outlives_an_etcd_restart(etcd: EtcdServer, caplog: pytest.L
         await asyncio.sleep(1.0)  # several reconnect attempts
         with pytest.raises(StoreError):
             await store.snapshot()
+        assert store.error is not None and "unreachable" in store.error  # the Admin API's status shows it
         etcd.start()
-        # The writer's own channel may still be in its reconnect backoff: retry its write, within a deadline.
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            try:
-                second = await writer.put("upstreams", "u1", {"id": "u1"}, expect_revision=None)
-                break
-            except StoreError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        second = await writer.put("upstreams", "u1", {"id": "u1"}, expect_revision=None)
         snapshot = await pending
+        assert store.error is None
         # Resumed from the revision it had: the next snapshot is the change, with everything before it.
         assert snapshot.revision == second.revision
         assert set(snapshot.objects["routes"]) == {"r1"} and set(snapshot.objects["upstreams"]) == {"u1"}
@@ -328,6 +333,7 @@ async def test_watch_resynchronises_when_etcd_comes_back_without_its_history(etc
         etcd.start()
         fresh = await pending
         assert all(not by_id for by_id in fresh.objects.values())
+        assert fresh.resync is not None and "behind revision" in fresh.resync  # applied even though lower
         await store.put("routes", "again", {"id": "again"}, expect_revision=None)
         assert set((await next_snapshot(watch)).objects["routes"]) == {"again"}
         await watch.aclose()  # type: ignore[attr-defined]
@@ -370,5 +376,159 @@ async def test_consumers_are_named_by_username(etcd: EtcdServer) -> None:
         with pytest.raises(ValueError, match="username"):
             await store.put("consumers", "jack", {"username": "jill"}, expect_revision=None)
         assert (await store.snapshot()).document() == {"consumers": [{"username": "jack"}]}
+    finally:
+        await store.close()
+
+
+async def test_a_write_just_after_etcd_returns_goes_through(etcd: EtcdServer) -> None:
+    store = store_for(etcd, timeout=1.0)
+    try:
+        await store.put("routes", "r1", ROUTE, expect_revision=None)
+        etcd.stop()
+        with pytest.raises(StoreError, match="unreachable"):
+            await store.put("routes", "r1", ROUTE, expect_revision=None)
+        await asyncio.sleep(1.0)  # its channel stays in TRANSIENT_FAILURE, between reconnect attempts
+        etcd.start()
+        stored = await store.put("routes", "r1", {**ROUTE, "uri": "/v2"}, expect_revision=None)  # no retry needed
+        assert (await store.snapshot()).objects["routes"]["r1"] == stored
+    finally:
+        await store.close()
+
+
+async def test_a_write_during_a_short_outage_waits_for_etcd(etcd: EtcdServer) -> None:
+    store = store_for(etcd, timeout=1.0)
+    try:
+        await store.put("routes", "r1", ROUTE, expect_revision=None)
+        etcd.stop()
+        started = time.monotonic()
+        write = asyncio.ensure_future(store.put("routes", "r1", {**ROUTE, "uri": "/v2"}, expect_revision=None))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # waiting for a connection, not failed
+        await asyncio.to_thread(etcd.start)
+        stored = await write
+        assert time.monotonic() - started < store.connect_wait
+        assert (await store.snapshot()).objects["routes"]["r1"] == stored
+    finally:
+        await store.close()
+
+
+async def test_watch_resynchronises_when_a_new_history_passed_the_revision_held(
+    etcd: EtcdServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_for(etcd, timeout=1.0, max_reconnect_delay=0.2)
+    try:
+        await store.put("routes", "old", {"id": "old"}, expect_revision=None)
+        start = await store.snapshot()
+        watch = store.watch(start.revision)
+        pending = asyncio.ensure_future(next_snapshot(watch, timeout=15))
+        await asyncio.sleep(0.2)
+        # Same cluster and member ids, and a revision past the one held: only the keys tell the histories apart.
+        keys = {b"/protogate/routes/new": b'{"id": "new"}'}
+        await replace_history(etcd, tmp_path / "new", keys, filler=start.revision + 5)
+        snapshot = await pending
+        assert snapshot.revision > start.revision
+        assert set(snapshot.objects["routes"]) == {"new"}
+        assert snapshot.resync is not None and "not the ones seen here" in snapshot.resync
+        assert "etcd history restarted or lost" in caplog.text
+        await store.put("routes", "later", {"id": "later"}, expect_revision=None)
+        assert set((await next_snapshot(watch)).objects["routes"]) == {"new", "later"}
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+async def test_a_watch_checks_etcd_against_the_snapshot_it_starts_from(etcd: EtcdServer, tmp_path: Path) -> None:
+    store = store_for(etcd, timeout=1.0)
+    try:
+        await store.put("routes", "old", {"id": "old"}, expect_revision=None)
+        start = await store.snapshot()  # what the gateway loaded; then etcd is replaced before the watch starts
+        keys = {b"/protogate/routes/new": b'{"id": "new"}'}
+        await replace_history(etcd, tmp_path / "new", keys, filler=start.revision + 5, cluster_token="another")
+        watch = store.watch(start.revision)
+        snapshot = await next_snapshot(watch, timeout=10)
+        assert set(snapshot.objects["routes"]) == {"new"}
+        assert snapshot.resync is not None and "cluster id changed" in snapshot.resync
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("filler", "reason"), [(0, "behind revision 6 seen here"), (10, "no longer holds the write of revision 6")]
+)
+async def test_a_watch_that_lags_this_stores_writes_still_sees_a_new_history(
+    etcd: EtcdServer, tmp_path: Path, filler: int, reason: str
+) -> None:
+    """A node serves its own Admin writes before its watch sees them: a new history must be caught even
+    when the watch's own revision is one both histories agree on (here: both empty at revision 1)."""
+    store = store_for(etcd, timeout=1.0)
+    try:
+        start = await store.snapshot()
+        assert start.revision == 1
+        watch = store.watch(start.revision)  # not running yet: it lags the writes
+        for n in range(5):
+            await store.put("routes", "old", {"id": "old", "n": n}, expect_revision=None)
+        await replace_history(etcd, tmp_path / "new", {b"/protogate/routes/new": b'{"id": "new"}'}, filler=filler)
+        snapshot = await next_snapshot(watch, timeout=10)
+        assert set(snapshot.objects["routes"]) == {"new"}
+        assert snapshot.resync is not None and reason in snapshot.resync, snapshot.resync
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("how", ["end", "cancel", "silence"])
+async def test_a_broken_watch_stream_is_replaced(etcd: EtcdServer, how: str) -> None:
+    """A stream that ends with an OK status, a watch cancelled by the server, a stream that stays open and
+    says nothing: none may leave the node waiting for changes that never come."""
+    proxy = EtcdProxy(etcd.endpoint)
+    await proxy.start()
+    store = EtcdStore([proxy.endpoint], timeout=1.0, max_reconnect_delay=0.2, progress_interval=0.3)
+    writer = store_for(etcd)
+    try:
+        start = await store.snapshot()
+        watch = store.watch(start.revision)
+        pending = asyncio.ensure_future(next_snapshot(watch, timeout=10))
+        await until(lambda: proxy.watches == 1)
+        await asyncio.sleep(0.5)  # progress requests on a healthy stream are answered: nothing happens
+        assert proxy.watches == 1 and not pending.done()
+        assert proxy.break_watches(how) == 1
+        put = await writer.put("routes", "r1", ROUTE, expect_revision=None)
+        snapshot = await pending
+        assert snapshot.objects["routes"]["r1"].revision == put.revision
+        assert proxy.watches >= 2  # a new stream brought the change
+        await watch.aclose()  # type: ignore[attr-defined]
+    finally:
+        await writer.close()
+        await store.close()
+        await proxy.stop()
+
+
+async def enable_auth(etcd: EtcdServer, password: str) -> None:
+    async with grpc.aio.insecure_channel(etcd.endpoint) as channel:
+        auth = rpc.AuthStub(channel)
+        await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=password))
+        await auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"))
+        await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        await auth.AuthEnable(rpc.AuthEnableRequest())
+
+
+async def test_a_token_etcd_forgot_is_renewed(etcd: EtcdServer) -> None:
+    await enable_auth(etcd, "secret")
+    store = store_for(etcd, timeout=1.0, max_reconnect_delay=0.2, username="root", password="secret")
+    try:
+        intruder = store_for(etcd, username="root", password="wrong")
+        with pytest.raises(StoreError, match="refused"):
+            await intruder.snapshot()
+        await intruder.close()
+        first = await store.put("routes", "r1", ROUTE, expect_revision=None)
+        watch = store.watch(first.revision)
+        pending = asyncio.ensure_future(next_snapshot(watch, timeout=10))
+        await asyncio.sleep(0.2)
+        etcd.stop()
+        etcd.start()  # simple tokens live in etcd's memory: the one the store holds is now unknown
+        second = await store.put("routes", "r1", {**ROUTE, "uri": "/v2"}, expect_revision=first.revision)
+        assert (await pending).objects["routes"]["r1"] == second
+        await watch.aclose()  # type: ignore[attr-defined]
     finally:
         await store.close()

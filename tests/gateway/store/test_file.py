@@ -89,3 +89,32 @@ async def test_standalone_is_read_only_and_watched(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(got, 5)
+
+
+async def test_a_data_file_restored_to_an_older_revision_is_delivered_whole(tmp_path: Path) -> None:
+    path = tmp_path / "data.yaml"
+    store = FileStore(path, poll_interval=0.05)
+    await store.put("routes", "r1", {"id": "r1", "uri": "/1"}, expect_revision=None)
+    backup = path.read_text()
+    await store.put("routes", "r2", {"id": "r2", "uri": "/2"}, expect_revision=None)
+    watch = store.watch(store.revision)
+    write_atomically(path, backup)  # the operator restores yesterday's file
+    restored = await asyncio.wait_for(anext(watch), 5)
+    assert restored.revision == 1 and set(restored.objects["routes"]) == {"r1"}
+    assert restored.resync is not None and "went back from revision 2 to 1" in restored.resync
+    await store.close()
+
+
+async def test_a_change_from_outside_found_by_a_write_is_delivered_whole(tmp_path: Path) -> None:
+    path = tmp_path / "data.yaml"
+    store = FileStore(path, poll_interval=0.5)
+    await store.put("routes", "r1", {"id": "r1", "uri": "/1"}, expect_revision=None)
+    watch = store.watch(store.revision)
+    pending = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0)  # the watch waits for its first poll
+    await FileStore(path).put("routes", "other", {"id": "other", "uri": "/o"}, expect_revision=None)  # elsewhere
+    written = await store.put("routes", "r2", {"id": "r2", "uri": "/2"}, expect_revision=None)  # before that poll
+    snapshot = await asyncio.wait_for(pending, 5)
+    assert snapshot.revision == written.revision and set(snapshot.objects["routes"]) == {"r1", "other", "r2"}
+    assert snapshot.resync is not None and "changed outside this gateway" in snapshot.resync
+    await store.close()
