@@ -24,6 +24,7 @@ class Process:
     popen: subprocess.Popen[str]
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None  # drains stdout, and closes it at EOF
 
     def wait_for(self, marker: str, timeout: float = 20.0) -> str:
         """The first stdout line containing `marker`; fails with everything printed so far."""
@@ -50,8 +51,10 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
+        # The reader closes the pipe when it has read it to the end; closing it here, under the reader's feet,
+        # would raise in that thread. A grandchild that still holds the pipe keeps the reader waiting for it.
+        if self.reader is not None:
+            self.reader.join(timeout=5)
 
 
 def start(args: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> Process:
@@ -68,10 +71,12 @@ def start(args: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] |
 
     def drain() -> None:
         assert popen.stdout is not None
-        for line in popen.stdout:
-            process.output.append(line)
-            process.lines.put(line)
+        with popen.stdout:
+            for line in popen.stdout:
+                process.output.append(line)
+                process.lines.put(line)
         process.lines.put(None)
 
-    threading.Thread(target=drain, daemon=True).start()
+    process.reader = threading.Thread(target=drain, daemon=True)
+    process.reader.start()
     return process
