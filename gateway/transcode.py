@@ -20,7 +20,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -40,11 +39,13 @@ from transcoder.field_mask import infer_update_mask
 from transcoder.httprule import parse_template
 from transcoder.matcher import Match, RuleMatcher
 from transcoder.metadata import (
+    http_status_override,
     parse_grpc_timeout,
     request_metadata,
     response_header_metadata,
     response_trailer_metadata,
 )
+from transcoder.query_string import parse_query_string
 from transcoder.request import RequestOptions, build_request
 from transcoder.response import (
     JsonOptions,
@@ -65,6 +66,7 @@ log = logging.getLogger("protogate.transcode")
 
 _JSON = "application/json"
 _OCTETS = "application/octet-stream"
+_NO_BODY = frozenset({204, 205, 304})  # statuses an `x-http-code` may ask for that carry no body
 Query = Sequence[tuple[str, str]]
 
 
@@ -236,7 +238,8 @@ class TranscodeTarget:
     # -- response side -----------------------------------------------------------------------------------------
 
     def _unary_answer(self, binding: HttpBinding, reply: bytes, initial: Any, trailing: Any) -> ProxyResponse:
-        headers: CIMultiDict[str] = CIMultiDict(response_header_metadata(initial or ()))
+        status, initial = http_status_override(initial or ())
+        headers: CIMultiDict[str] = CIMultiDict(response_header_metadata(initial))
         method = binding.method
         if returns_http_body(method, binding.response_body):
             content_type, body = render_http_body(method, reply, binding.response_body)
@@ -244,7 +247,10 @@ class TranscodeTarget:
         else:
             headers["Content-Type"] = _JSON
             body = render_response(method, reply, binding.response_body, self.json_options)
-        return ProxyResponse(200, headers, body, trailers=response_trailer_metadata(trailing or ()))
+        if status in _NO_BODY:
+            body = b""  # HTTP forbids a body with these (Go's net/http drops it too)
+        trailers = response_trailer_metadata(trailing or ())
+        return ProxyResponse(status or 200, headers, body, trailers=trailers)
 
     async def _stream_answer(self, ctx: RequestContext, binding: HttpBinding, reader: _CallReader) -> ProxyResponse:
         """Waits for the first message (so an early failure is a plain error answer), then streams the rest."""
@@ -257,7 +263,8 @@ class TranscodeTarget:
         except BaseException:
             await reader.close()
             raise
-        headers: CIMultiDict[str] = CIMultiDict(response_header_metadata(initial or ()))
+        status, initial = http_status_override(initial or ())
+        headers: CIMultiDict[str] = CIMultiDict(response_header_metadata(initial))
         method = binding.method
         stream: AsyncIterator[bytes]
         if returns_http_body(method, binding.response_body):
@@ -275,7 +282,10 @@ class TranscodeTarget:
             await stream.aclose()  # type: ignore[attr-defined]
             await reader.close()
 
-        return ProxyResponse(200, headers, stream=stream, close=close)
+        if status in _NO_BODY:
+            await close()
+            return ProxyResponse(status, headers)
+        return ProxyResponse(status or 200, headers, stream=stream, close=close)
 
     async def _framed(
         self, reader: _CallReader, binding: HttpBinding, framer: StreamFramer, first: bytes | None
@@ -561,7 +571,7 @@ def _is_websocket(ctx: RequestContext) -> bool:
 
 
 def _query(ctx: RequestContext) -> list[tuple[str, str]]:
-    return parse_qsl(ctx.query, keep_blank_values=True) if ctx.query else []
+    return parse_query_string(ctx.query) if ctx.query else []
 
 
 def _methods_in_scope(index: DescriptorIndex, config: GrpcTranscodeConfig) -> list[MethodInfo]:

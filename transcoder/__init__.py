@@ -11,12 +11,14 @@ from transcoder.errors import TranscodeError
 from transcoder.httprule import PathTemplate, Variable, parse_template
 from transcoder.matcher import Match, RuleMatcher
 from transcoder.metadata import (
+    http_status_override,
     parse_grpc_timeout,
     request_metadata,
     response_header_metadata,
     response_trailer_metadata,
 )
 from transcoder.query import apply_query_params
+from transcoder.query_string import parse_query_string
 from transcoder.request import RequestOptions, build_request, encode_request
 from transcoder.response import JsonOptions, render_message, render_response, render_status_details
 from transcoder.status import Code, code_from_http_status, http_status_from_code, status_body
@@ -38,7 +40,9 @@ __all__ = [
     "code_from_http_status",
     "encode_request",
     "http_status_from_code",
+    "http_status_override",
     "parse_grpc_timeout",
+    "parse_query_string",
     "parse_template",
     "render_message",
     "render_response",

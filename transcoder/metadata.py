@@ -123,6 +123,29 @@ def response_trailer_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> li
     return _response_headers(metadata, RESPONSE_TRAILER_PREFIX)
 
 
+HTTP_CODE_KEY = "x-http-code"
+_HTTP_CODE = re.compile(r"[2-5][0-9][0-9]")
+
+
+def http_status_override(
+    metadata: Iterable[tuple[str, str | bytes]],
+) -> tuple[int | None, list[tuple[str, str | bytes]]]:
+    """grpc-gateway's documented status pattern: a backend picks the HTTP status of a successful answer by
+    sending the initial metadata `x-http-code: 201` (its docs' forward-response option reads that key).
+
+    Returns (the status, or None to keep 200; the metadata without the key). Only 200-599 is honoured; any
+    other value is left in the metadata, so it shows up as a Grpc-Metadata-X-Http-Code header to debug.
+    """
+    pairs = list(metadata)
+    for key, value in pairs:
+        if key.lower() == HTTP_CODE_KEY:  # the first one decides, as metadata.MD.Get(...)[0] does
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            if _HTTP_CODE.fullmatch(text.strip()) is None:
+                return None, pairs
+            return int(text), [pair for pair in pairs if pair[0].lower() != HTTP_CODE_KEY]
+    return None, pairs
+
+
 def parse_grpc_timeout(value: str) -> float:
     """A Grpc-Timeout header value (gRPC over HTTP/2: 1-8 digits and a unit H M S m u n) in seconds."""
     found = _GRPC_TIMEOUT.fullmatch(value)

@@ -516,7 +516,8 @@ def apply_query_params(
         return
     descriptor = message.DESCRIPTOR
     skipped = skip if isinstance(skip, (set, frozenset)) else frozenset(skip)
-    seen: set[tuple[_Target, str | None]] | None = None
+    # Marks are per field, not per spelling: "page_size" and "pageSize" name one field.
+    seen: set[tuple[tuple[FieldDescriptor, ...], str | None]] | None = None
     for key, text in params:
         field_key, map_key = _split_map_key(key)
         target = _resolve(descriptor, field_key)
@@ -537,7 +538,7 @@ def apply_query_params(
             raise TranscodeError(Code.INVALID_ARGUMENT, f"{where}: {problem}")
         if not target.repeated:
             # grpc-gateway refuses several values for a singular field (and for one map key) rather than guess.
-            mark = (target, map_key)
+            mark = (target.fields, map_key)
             if seen is None:
                 seen = set()
             elif mark in seen:
@@ -547,11 +548,22 @@ def apply_query_params(
 
 
 def set_field_value(message: Message, field_path: str, text: str) -> None:
-    """Set the (possibly nested, dotted) field a path variable is bound to, parsed as a query value would be."""
+    """Set the (possibly nested, dotted) field a path variable is bound to, parsed as a query value would be.
+
+    A repeated field takes a comma-separated list ("1,2,3"), as grpc-gateway's default path separator does.
+    """
     target = _resolve(message.DESCRIPTOR, field_path)
     where = f"field {_show(field_path)}"
     if target.unknown:
         raise TranscodeError(Code.INVALID_ARGUMENT, f"{where}: no such field in {message.DESCRIPTOR.full_name}")
     if target.problem is not None or target.is_map:
         raise TranscodeError(Code.INVALID_ARGUMENT, f"{where}: {target.problem or 'a path cannot fill a map'}")
+    if target.repeated:
+        parent: Any = message
+        for field in target.fields[:-1]:
+            parent = getattr(parent, field.name)
+        del getattr(parent, target.fields[-1].name)[:]  # the path replaces what the body gave, as for a scalar
+        for item in text.split(","):
+            _apply(message, target, item, None, where)
+        return
     _apply(message, target, text, None, where)

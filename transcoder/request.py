@@ -9,7 +9,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from transcoder.descriptors import HttpBinding
@@ -96,7 +96,7 @@ def _merge_body(message: Message, rule: str, body: bytes, strict: bool) -> None:
             )
         # Wrapping the value under its field name lets json_format handle every field kind the same way.
         document = {rule: value}
-    _refuse_aliased_fields(document, descriptor, "", 0)
+    _check_document(document, descriptor, "", 0)
     try:
         _parse(document, message)
     except TranscodeError:
@@ -107,10 +107,12 @@ def _merge_body(message: Message, rule: str, body: bytes, strict: bool) -> None:
         _parse(document, message)
 
 
-def _refuse_aliased_fields(value: Any, descriptor: Descriptor, path: str, depth: int) -> None:
-    """Refuse one field given twice, by its proto name and its JSON name (`book_count` and `bookCount`).
+def _check_document(value: Any, descriptor: Descriptor, path: str, depth: int) -> None:
+    """Refuse what json_format would take silently but protojson (and so grpc-gateway) refuses.
 
-    json_format takes the last one silently; Go's protojson, and so grpc-gateway, refuse the body.
+    - one field given twice, by its proto name and its JSON name (`book_count` and `bookCount`): json_format
+      takes the last one;
+    - a bytes value that is not base64: json_format drops the characters it does not know and decodes the rest.
     """
     if not isinstance(value, dict) or depth > _MAX_DEPTH or descriptor.full_name.startswith("google.protobuf."):
         return
@@ -119,26 +121,56 @@ def _refuse_aliased_fields(value: Any, descriptor: Descriptor, path: str, depth:
         field = descriptor.fields_by_name.get(key) or _fields_by_json_name(descriptor).get(key)
         if field is None:
             continue
+        child = f"{path}.{field.name}" if path else field.name
         if field.name in seen:
-            where = f"{path}.{field.name}" if path else field.name
             raise TranscodeError(
-                Code.INVALID_ARGUMENT, f"{_BODY}: field {where!r} is given twice (as {seen[field.name]!r} and {key!r})"
+                Code.INVALID_ARGUMENT, f"{_BODY}: field {child!r} is given twice (as {seen[field.name]!r} and {key!r})"
             )
         seen[field.name] = key
         sub = field.message_type
         if sub is None:
+            if field.type == FieldDescriptor.TYPE_BYTES:
+                for element in item if isinstance(item, list) else (item,):
+                    _check_base64(element, child)
             continue
-        child = f"{path}.{field.name}" if path else field.name
         if sub.GetOptions().map_entry:
-            value_type = sub.fields_by_name["value"].message_type
-            if value_type is not None and isinstance(item, dict):
+            value_field = sub.fields_by_name["value"]
+            if isinstance(item, dict):
                 for entry in item.values():
-                    _refuse_aliased_fields(entry, value_type, child, depth + 1)
+                    _check_value(entry, value_field, child, depth)
         elif isinstance(item, list):
             for element in item:
-                _refuse_aliased_fields(element, sub, child, depth + 1)
+                _check_value(element, field, child, depth)
         else:
-            _refuse_aliased_fields(item, sub, child, depth + 1)
+            _check_value(item, field, child, depth)
+
+
+def _check_value(value: Any, field: FieldDescriptor, path: str, depth: int) -> None:
+    """One value of `field` (a map value or a repeated element included)."""
+    sub = field.message_type
+    if sub is None:
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            _check_base64(value, path)
+    elif sub.full_name == "google.protobuf.BytesValue":
+        _check_base64(value, path)
+    else:
+        _check_document(value, sub, path, depth + 1)
+
+
+# protojson's alphabets: standard or URL-safe (not both in one value), padding optional; Go's decoder skips CR/LF.
+_STD_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
+_URL_BASE64 = re.compile(r"[A-Za-z0-9\-_]*={0,2}\Z")
+
+
+def _check_base64(value: Any, path: str) -> None:
+    if not isinstance(value, str):
+        return  # json_format refuses a non-string itself
+    text = value.replace("\r", "").replace("\n", "") if "\n" in value or "\r" in value else value
+    alphabet = _URL_BASE64 if "-" in text or "_" in text else _STD_BASE64
+    unpadded = len(text.rstrip("="))
+    padding_ok = "=" not in text or len(text) % 4 == 0
+    if alphabet.match(text) is None or unpadded % 4 == 1 or not padding_ok:
+        raise TranscodeError(Code.INVALID_ARGUMENT, f'{_BODY}: field "{path}": not valid base64')
 
 
 def _fields_by_json_name(descriptor: Descriptor) -> dict[str, Any]:

@@ -13,13 +13,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from transcoder.descriptors import DescriptorIndex, HttpBinding
 from transcoder.errors import TranscodeError
-from transcoder.query import apply_query_params
+from transcoder.field_mask import field_mask_from_body
+from transcoder.query import apply_query_params, load_json
+from transcoder.query_string import parse_query_string
 from transcoder.request import RequestOptions, build_request
 from transcoder.response import JsonOptions, render_response, render_status_details
 
 SERVICE = "protogate.test.v1.KitchenService"
 SEED = 20240607
-CASES = 750  # per target; four targets
+CASES = 750  # per target; six targets
 
 BODIES = [
     b'{"stringValue": "s", "int64Value": "5", "nested": {"name": "n", "child": {"count": 2}}}',
@@ -168,3 +170,26 @@ def test_render_status_details_fuzz(kitchen_index: DescriptorIndex) -> None:
         pool = kitchen_index.pool if rng.random() < 0.5 else None
         accepted += _run(render_status_details, data, pool)
     assert 0 < accepted < CASES
+
+
+def test_parse_query_string_fuzz() -> None:
+    rng = random.Random(SEED + 4)
+    seed = b"a=1&nested.name=x+y&m%5Bk%5D=%C3%A9&flag&tags=a,b"
+    accepted = 0
+    for _ in range(CASES):
+        raw = _mutate(rng, seed).decode("latin-1") if rng.random() < 0.8 else rng.choice(TOKENS).decode("latin-1")
+        accepted += _run(parse_query_string, raw)
+    assert 0 < accepted < CASES
+
+
+def test_field_mask_from_body_fuzz(kitchen_index: DescriptorIndex) -> None:
+    rng = random.Random(SEED + 5)
+    kitchen = kitchen_index.message_class("protogate.test.v1.Kitchen").DESCRIPTOR
+    accepted = 0
+    for _ in range(CASES):
+        try:
+            document = load_json(_mutate(rng, rng.choice(BODIES)), "body")
+        except TranscodeError:
+            continue  # the body parser refuses these before any mask is inferred
+        accepted += _run(field_mask_from_body, kitchen, document)
+    assert accepted > 0

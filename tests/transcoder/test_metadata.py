@@ -8,6 +8,7 @@ from transcoder.errors import TranscodeError
 from transcoder.metadata import (
     PERMANENT_HEADERS,
     canonical_header_name,
+    http_status_override,
     parse_grpc_timeout,
     request_metadata,
     response_header_metadata,
@@ -191,3 +192,25 @@ def test_parse_grpc_timeout_refuses_bad_values(value: str) -> None:
         parse_grpc_timeout(value)
     assert info.value.code == Code.INVALID_ARGUMENT
     assert info.value.message == f'invalid Grpc-Timeout header "{value}"'
+
+
+@pytest.mark.parametrize(
+    ("metadata", "status", "rest"),
+    [
+        ([("x-http-code", "201"), ("x-a", "1")], 201, [("x-a", "1")]),
+        ([("x-a", "1"), ("X-Http-Code", "404"), ("x-http-code", "409")], 404, [("x-a", "1")]),
+        ([("x-http-code", b"202")], 202, []),
+        ([("x-http-code", " 204 ")], 204, []),
+        # anything but 200-599 is not honoured, and stays visible as a Grpc-Metadata-X-Http-Code header
+        ([("x-http-code", "abc")], None, [("x-http-code", "abc")]),
+        ([("x-http-code", "101")], None, [("x-http-code", "101")]),
+        ([("x-http-code", "600")], None, [("x-http-code", "600")]),
+        ([("x-http-code", "2000")], None, [("x-http-code", "2000")]),
+        ([("x-a", "1")], None, [("x-a", "1")]),
+        ([], None, []),
+    ],
+)
+def test_http_status_override(
+    metadata: list[tuple[str, str | bytes]], status: int | None, rest: list[tuple[str, str | bytes]]
+) -> None:
+    assert http_status_override(metadata) == (status, rest)

@@ -346,3 +346,44 @@ def test_a_field_given_by_both_its_names_is_refused(kitchen_index: DescriptorInd
     with pytest.raises(TranscodeError) as caught:
         build_request(binding, {}, [], body)
     assert "given twice" in caught.value.message and field.name in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # protojson's bytes: standard or URL-safe alphabet, padded or not; Go's decoder skips CR and LF
+        ({"bytesValue": "+/8="}, "+/8="),
+        ({"bytesValue": "-_8"}, "+/8="),
+        ({"bytesValue": "aGVsbG8"}, "aGVsbG8="),
+        ({"bytesValue": "aGVs\nbG8="}, "aGVsbG8="),
+        ({"bytesValue": ""}, None),
+    ],
+)
+def test_bytes_accept_both_base64_alphabets(
+    bindings: dict[str, HttpBinding], body: dict[str, Any], expected: str | None
+) -> None:
+    message = build_request(bindings["create"], {}, [], json.dumps(body).encode())
+    _expect(message, {"bytesValue": expected} if expected else {})
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # json_format would drop the characters it does not know and decode the rest; protojson refuses
+        ({"bytesValue": "a!b@"}, "bytes_value"),
+        ({"bytesValue": "aGVsbG8=x"}, "bytes_value"),
+        ({"bytesValue": "a"}, "bytes_value"),
+        ({"bytesValue": "aGVsbG8=="}, "bytes_value"),
+        ({"bytesValue": "-_+/"}, "bytes_value"),
+        ({"repeatedBytes": ["AA==", "A A"]}, "repeated_bytes"),
+        ({"wrappedBytes": "%%%%"}, "wrapped_bytes"),
+        ({"nested": {"child": {"name": "x"}}, "int64ToNested": {"1": {"name": "x"}}, "repeatedBytes": ["*"]}, None),
+    ],
+)
+def test_bytes_that_are_not_base64_are_refused(
+    bindings: dict[str, HttpBinding], body: dict[str, Any], field: str | None
+) -> None:
+    with pytest.raises(TranscodeError) as caught:
+        build_request(bindings["create"], {}, [], json.dumps(body).encode())
+    assert caught.value.http_status == 400
+    assert caught.value.message == f'invalid JSON body: field "{field or "repeated_bytes"}": not valid base64'

@@ -1,4 +1,4 @@
-"""Stream framing (ndjson, SSE, JSON array), update-mask inference and google.api.HttpBody helpers."""
+"""Stream framing (ndjson, SSE, JSON array) and google.api.HttpBody helpers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from google.api import httpbody_pb2
 
 from transcoder.descriptors import DescriptorIndex
 from transcoder.errors import TranscodeError
-from transcoder.field_mask import field_mask_from_body, infer_update_mask
-from transcoder.matcher import RuleMatcher
 from transcoder.request import build_request
 from transcoder.response import fill_http_body, http_body_field, render_http_body, returns_http_body
 from transcoder.streaming import StreamFormat, StreamFramer, negotiate_stream_format
@@ -85,66 +83,6 @@ def test_array_framing_is_always_valid_json(messages: list[bytes], error: bool, 
 )
 def test_negotiate_stream_format(accept: str | None, default: StreamFormat, expected: tuple[StreamFormat, str]) -> None:
     assert negotiate_stream_format(accept, default) == expected
-
-
-# --- update mask ---------------------------------------------------------------------------------------------------
-
-
-def test_field_mask_from_body_uses_proto_names_and_skips_unknown(bookstore: DescriptorIndex) -> None:
-    book = bookstore.message_class("bookstore.v1.Book").DESCRIPTOR
-    document = {"title": "T", "createTime": "2024-01-01T00:00:00Z", "tags": [], "publish_time": None, "nope": 1}
-    assert field_mask_from_body(book, document) == ["title", "create_time", "tags", "publish_time"]
-    assert field_mask_from_body(book, ["not", "an", "object"]) == []
-
-
-def test_field_mask_walks_nested_messages(kitchen_index: DescriptorIndex) -> None:
-    # A message field holding an object is walked; a well-known type is a leaf.
-    for descriptor in (m.input_descriptor for m in kitchen_index.methods.values()):
-        nested = [f for f in descriptor.fields if f.message_type is not None and not f.is_repeated]
-        plain = [f for f in nested if not f.message_type.full_name.startswith("google.")]
-        for field in plain:
-            leaf = next((f for f in field.message_type.fields if f.message_type is None), None)
-            if leaf is not None:
-                paths = field_mask_from_body(descriptor, {field.json_name: {leaf.json_name: 1}})
-                assert paths == [f"{field.name}.{leaf.name}"]
-                return
-    pytest.fail("the kitchen proto lost its nested message fields: this test has nothing to check")
-
-
-def _update_binding(bookstore: DescriptorIndex):  # type: ignore[no-untyped-def]
-    matcher = RuleMatcher.build(bookstore.bindings)
-    match = matcher.match("PATCH", "/v1/shelves/1/books/7")
-    assert match is not None
-    return match
-
-
-def test_infer_update_mask_on_patch_without_mask(bookstore: DescriptorIndex) -> None:
-    match = _update_binding(bookstore)
-    body = b'{"title": "New", "pages": 0, "tags": []}'
-    message = build_request(match.binding, match.variables, [], body)
-    assert infer_update_mask(match.binding, message, body)
-    assert list(message.update_mask.paths) == ["title", "pages", "tags"]
-    assert message.book.id == 7
-
-
-def test_infer_update_mask_leaves_a_query_mask_alone(bookstore: DescriptorIndex) -> None:
-    match = _update_binding(bookstore)
-    body = b'{"title": "New", "pages": 0}'
-    message = build_request(match.binding, match.variables, [("update_mask", "title")], body)
-    assert not infer_update_mask(match.binding, message, body)
-    assert list(message.update_mask.paths) == ["title"]
-
-
-def test_infer_update_mask_only_for_patch_with_a_body_field(bookstore: DescriptorIndex) -> None:
-    matcher = RuleMatcher.build(bookstore.bindings)
-    match = matcher.match("POST", "/v1/shelves/1/books")  # CreateBook: no update_mask field
-    assert match is not None
-    message = build_request(match.binding, match.variables, [], b'{"title": "x"}')
-    assert not infer_update_mask(match.binding, message, b'{"title": "x"}')
-    match = _update_binding(bookstore)
-    assert not infer_update_mask(match.binding, build_request(match.binding, match.variables, [], b""), b"")
-    with pytest.raises(TranscodeError):
-        infer_update_mask(match.binding, build_request(match.binding, match.variables, [], b"{}"), b"{bad")
 
 
 # --- HttpBody ------------------------------------------------------------------------------------------------------
