@@ -18,7 +18,7 @@ from gateway.grpc_web import as_grpc_web
 from gateway.keys import CONFIG_MANAGER, CONFIG_SETTINGS, LOADED_CONFIG, RUNTIME, TELEMETRY, TLS_EDGE
 from gateway.paths import normalize_path, split_target
 from gateway.pipeline import run_log_phase, run_request_phases, run_response_phases
-from gateway.plugins.limit_count_redis import close_connections as close_redis_connections
+from gateway.plugins.redis_policy import close_connections as close_redis_connections
 from gateway.reload import ConfigManager
 from gateway.responses import ProxyResponse
 from gateway.runner.pool import RUNNER_POOL

@@ -13,8 +13,9 @@ from pydantic import Field
 
 from gateway.context import RequestContext
 from gateway.plugins.base import Plugin
-from gateway.plugins.limit_count_redis import RedisLimitConfig, RedisWindowCounter
+from gateway.plugins.limit_count_redis import RedisWindowCounter
 from gateway.plugins.limit_keys import MAX_KEYS, LimitKey, refusal
+from gateway.plugins.redis_policy import RedisLimitConfig
 from gateway.responses import ProxyResponse, Reply
 
 

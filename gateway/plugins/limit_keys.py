@@ -33,7 +33,7 @@ class LimitConfig(PluginConfig):
     policy: Literal["local", "redis", "redis-cluster"] = "local"
     # Only meaningful when the counters live elsewhere (redis); the local policy cannot fail.
     allow_degradation: bool = False
-    # The policies a limiter has; one with redis ones also carries the redis fields (limit_count_redis).
+    # The policies a limiter has; one with redis ones also carries the redis fields (redis_policy).
     policies: ClassVar[frozenset[str]] = frozenset({"local"})
 
     @field_validator("policy", mode="before")

@@ -25,7 +25,10 @@ BASE = {"conn": 1, "burst": 1, "default_conn_delay": 0.05}
         ({"conn": 1, "burst": 0}, "default_conn_delay"),
         ({**BASE, "default_conn_delay": 0}, "default_conn_delay"),
         ({**BASE, "key_type": "var", "key": "bogus"}, ""),
-        ({**BASE, "policy": "redis"}, "policy"),
+        ({**BASE, "policy": "memcached"}, "policy"),
+        ({**BASE, "policy": "redis"}, "redis_host"),
+        ({**BASE, "policy": "redis", "redis_host": "h", "key_ttl": 0}, "key_ttl"),
+        ({**BASE, "policy": "redis-cluster", "redis_cluster_name": "c"}, "redis_cluster_nodes"),
     ],
 )
 def test_config_refuses_bad_input(config: dict[str, object], path: str) -> None:

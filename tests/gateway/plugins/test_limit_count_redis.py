@@ -17,7 +17,7 @@ from traffic_support import make_ctx
 
 from gateway.errors import GatewayError
 from gateway.plugins.limit_count import LimitCount, LimitCountConfig
-from gateway.plugins.limit_count_redis import close_connections
+from gateway.plugins.redis_policy import close_connections
 from gateway.responses import ProxyResponse
 
 
@@ -54,6 +54,16 @@ async def test_nodes_sharing_redis_allow_exactly_count_together(redis_server: Re
     results = await asyncio.gather(*(outcome(nodes[i % 2]) for i in range(200)))
     assert results.count(200) == 50
     assert results.count(503) == 150
+
+
+async def test_more_requests_at_once_than_connections_wait_for_one(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py refuses a call once its pool is used up; that must not read as "Redis is down".
+    monkeypatch.setattr("gateway.plugins.redis_policy.MAX_CONNECTIONS", 4)
+    limiter = plugin(redis_server.port, count=60, key_type="constant", key="pool")
+    results = await asyncio.gather(*(outcome(limiter) for _ in range(80)))
+    assert (results.count(200), results.count(503)) == (60, 20)
 
 
 async def test_quota_headers_and_retry_after_come_from_redis(redis_server: RedisServer) -> None:

@@ -25,11 +25,11 @@ def test_unknown_variables_are_refused_at_load(key_type: str, key: str) -> None:
 
 
 @pytest.mark.parametrize("plugin", ["limit-req", "limit-conn"])
-@pytest.mark.parametrize("policy", ["redis", "redis-cluster"])
-def test_redis_policies_are_limit_counts_alone_so_far(plugin: str, policy: str) -> None:
+@pytest.mark.parametrize(("policy", "needs"), [("redis", "redis_host"), ("redis-cluster", "redis_cluster_nodes")])
+def test_every_limiter_takes_the_redis_policies_with_their_fields(plugin: str, policy: str, needs: str) -> None:
     config = {"rate": 1, "burst": 0} if plugin == "limit-req" else {"conn": 1, "burst": 0, "default_conn_delay": 0.1}
     issues = config_issues(plugin, {**config, "policy": policy})
-    assert "limit-count has it" in issues[f"routes[0].plugins.{plugin}.policy"]
+    assert f"routes[0].plugins.{plugin}.{needs}" in issues
 
 
 def test_defaults_follow_apisix() -> None:

@@ -28,7 +28,10 @@ class Clock:
         ({"rate": 1, "burst": -1}, "burst"),
         ({"rate": 1, "burst": 0, "nodelay": "sometimes"}, "nodelay"),
         ({"rate": 1, "burst": 0, "rejected_code": 199}, "rejected_code"),
-        ({"rate": 1, "burst": 0, "policy": "redis"}, "policy"),
+        ({"rate": 1, "burst": 0, "policy": "memcached"}, "policy"),
+        ({"rate": 1, "burst": 0, "policy": "redis"}, "redis_host"),
+        ({"rate": 1, "burst": 0, "policy": "redis", "redis_host": "h", "redis_timeout": 0}, "redis_timeout"),
+        ({"rate": 1, "burst": 0, "policy": "redis-cluster", "redis_cluster_nodes": ["h:1"]}, "redis_cluster_name"),
     ],
 )
 def test_config_refuses_bad_input(config: dict[str, object], path: str) -> None:
