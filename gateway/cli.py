@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.app import build_app
 from gateway.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_config, load_document
-from gateway.config.models import AdminSettings, Config, Ssl, TlsListen
+from gateway.config.models import AdminSettings, Config, ListenAddress, Ssl, TlsListen
 from gateway.edge import EdgeRunner
 from gateway.grpc_proxy import GrpcProxyServer
 from gateway.keys import CONFIG_MANAGER, TELEMETRY, TLS_EDGE
@@ -366,6 +366,21 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a SIGTERM right after it is graceful
         loop.add_signal_handler(sig, stop.set)
+    status_runner: web.AppRunner | None = None
+    if settings.status_listen is not None:
+        try:
+            status_runner, status_address = await _start_status(manager, settings.status_listen, stop)
+        except OSError as exc:
+            for runner in (admin_runner, metrics_runner):
+                if runner is not None:
+                    await runner.cleanup()
+            if grpc_server is not None:
+                await grpc_server.stop(None)
+            await web_runner.cleanup()
+            where = f"{settings.status_listen.host}:{settings.status_listen.port}"
+            print(f"protogate: cannot serve status on {where}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"protogate {__version__} status on http://{status_address}/status/ready", flush=True)
     if grpc_server is not None:
         secure = " (tls)" if grpc_server.tls is not None else ""
         print(f"protogate {__version__} grpc listening on {grpc_server.address}{secure}", flush=True)
@@ -381,7 +396,26 @@ async def _serve(
     if grpc_server is not None:
         await grpc_server.stop(10.0)
     await web_runner.cleanup()
+    if status_runner is not None:  # last: it said "not ready" while the listeners drained
+        await status_runner.cleanup()
     return 0
+
+
+async def _start_status(
+    manager: ConfigManager, listen: ListenAddress, stopping: asyncio.Event
+) -> tuple[web.AppRunner, str]:
+    """The status listener (liveness, readiness); OSError if its address cannot be bound."""
+    from gateway.status import build_status_app
+
+    runner = web.AppRunner(build_status_app(manager, stopping), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, _bound_address(site)
 
 
 def _tls_edge(app: web.Application, loaded: LoadedConfig, settings: TlsListen | None) -> TlsEdge:

@@ -109,6 +109,8 @@ class GatewaySettings(Model):
     tls_listen: Annotated[TlsListen | None, BeforeValidator(_parse_listen)] = None
     # The native gRPC listener (h2c, or TLS): every call proxied by route; None serves no native gRPC.
     grpc_listen: Annotated[GrpcListen | None, BeforeValidator(_parse_listen)] = None
+    # Liveness and readiness (GET /status, /status/ready) on a port of their own; None: not served.
+    status_listen: Annotated[ListenAddress | None, BeforeValidator(_parse_listen)] = None
     client_max_body_size: ByteSize = 1024 * 1024
     max_uri_size: ByteSize = 8 * 1024
     max_header_size: ByteSize = 8 * 1024
@@ -119,7 +121,8 @@ class GatewaySettings(Model):
     @model_validator(mode="after")
     def _distinct_addresses(self) -> GatewaySettings:
         seen: set[tuple[str, int]] = set()
-        for host, port in [*self.http_addresses(), *self.https_addresses()]:
+        others = [(a.host, a.port) for a in (self.grpc_listen, self.status_listen) if a is not None]
+        for host, port in [*self.http_addresses(), *self.https_addresses(), *others]:
             if port and (host, port) in seen:
                 raise ValueError(f"{host}:{port} is listed twice among the listeners")
             seen.add((host, port))
