@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,22 @@ def start_http_upstream(name: str) -> tuple[Process, int]:
         process.stop()
         raise
     return process, int(line.rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def gateway_with_http_upstream(
+    directory: Path, name: str, make_config: Callable[[int], dict[str, Any]]
+) -> Iterator[Gateway]:
+    """A real HTTP upstream answering as `name`, and a gateway serving `make_config(upstream port)`; both
+    stopped afterwards (module fixtures of plugin tests yield from this)."""
+    upstream, port = start_http_upstream(name)
+    try:
+        path = directory / "gateway.yaml"
+        path.write_text(yaml.safe_dump(make_config(port)))
+        gateway = start_gateway(path)
+        try:
+            yield gateway
+        finally:
+            gateway.process.stop()
+    finally:
+        upstream.stop()

@@ -18,8 +18,7 @@ from typing import Any
 
 import jwt
 import pytest
-import yaml
-from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
+from gateway_harness import Client, Gateway, gateway_with_http_upstream
 
 SECRET = "a-secret-of-at-least-32-bytes-ok!"
 ROSE_BASIC = {"username": "rose", "password": "r"}
@@ -152,17 +151,10 @@ def logs() -> Iterator[LogReceiver]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, logs: LogReceiver) -> Iterator[Gateway]:
-    upstream, port = start_http_upstream("conformance")
-    path = tmp_path_factory.mktemp("apisix-conformance") / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config(port, logs.url)))
-    try:
-        gateway = start_gateway(path)
-    except BaseException:
-        upstream.stop()
-        raise
-    yield gateway
-    gateway.process.stop()
-    upstream.stop()
+    with gateway_with_http_upstream(
+        tmp_path_factory.mktemp("apisix-conformance"), "conformance", lambda port: config(port, logs.url)
+    ) as gateway:
+        yield gateway
 
 
 @pytest.fixture

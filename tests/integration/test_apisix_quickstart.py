@@ -10,8 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
+from gateway_harness import Client, Gateway, gateway_with_http_upstream
 
 # One request a second per consumer, none queued: the second request within a second is refused.
 LIMIT_REQ = {"rate": 1, "burst": 0, "key": "consumer_name", "rejected_code": 429}
@@ -59,17 +58,12 @@ def config(upstream_port: int, bookstore_port: int, descriptor_set: Path) -> dic
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Gateway]:
-    upstream, port = start_http_upstream("quickstart")
-    path = tmp_path_factory.mktemp("apisix-quickstart") / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config(port, bookstore, bookstore_descriptor_set)))
-    try:
-        gw = start_gateway(path)
-    except BaseException:
-        upstream.stop()
-        raise
-    yield gw
-    gw.process.stop()
-    upstream.stop()
+    with gateway_with_http_upstream(
+        tmp_path_factory.mktemp("apisix-quickstart"),
+        "quickstart",
+        lambda port: config(port, bookstore, bookstore_descriptor_set),
+    ) as gw:
+        yield gw
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ from typing import Any
 
 import jwt
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_harness import Client, Gateway, start_gateway, start_http_upstream
+from gateway_harness import Client, Gateway, gateway_with_http_upstream
 
 SECRET = "jack-shares-this-secret-with-the-gw"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -101,17 +100,10 @@ def config(upstream_port: int, bookstore_port: int, descriptor_set: Path) -> dic
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, bookstore: int, bookstore_descriptor_set: Path
 ) -> Iterator[Gateway]:
-    upstream, port = start_http_upstream("auth")
-    path = tmp_path_factory.mktemp("plugins-auth") / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config(port, bookstore, bookstore_descriptor_set)))
-    try:
-        gateway = start_gateway(path)
-    except BaseException:
-        upstream.stop()
-        raise
-    yield gateway
-    gateway.process.stop()
-    upstream.stop()
+    with gateway_with_http_upstream(
+        tmp_path_factory.mktemp("plugins-auth"), "auth", lambda port: config(port, bookstore, bookstore_descriptor_set)
+    ) as gateway:
+        yield gateway
 
 
 @pytest.fixture
