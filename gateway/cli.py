@@ -18,14 +18,20 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.app import build_app
-from gateway.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_config, load_document
+from gateway.config.loader import (
+    ConfigError,
+    ConfigIssue,
+    LoadedConfig,
+    load_document,
+    read_config_document,
+    schema_issues,
+)
 from gateway.config.models import AdminSettings, Config, ListenAddress, Ssl, TlsListen
 from gateway.edge import EdgeRunner
 from gateway.grpc_proxy import GrpcProxyServer
 from gateway.keys import CONFIG_MANAGER, TELEMETRY, TLS_EDGE
 from gateway.runner.supervisor import RunnerStartError
 from gateway.store.base import ConfigStore, Snapshot
-from gateway.store.file import read_document
 from gateway.telemetry import start_metrics_endpoint
 from gateway.tls_grpc import GrpcTls
 
@@ -55,13 +61,25 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="serve traffic from a config file", description="Serve traffic.")
     run.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     run.add_argument(
-        "--listen", type=_listen, help="HOST:PORT to serve on, overriding gateway.listen (port 0 picks one)"
+        "--listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve plain HTTP here instead of the first gateway.listen (PORT alone keeps its host; 0 picks one)",
     )
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        metavar="LEVEL",
+        help="debug, info (the default), warning or error",
+    )
     run.set_defaults(func=_run)
 
     validate = commands.add_parser(
-        "validate", help="check a config file", description="Exit 0 if valid; else print every error, exit 1."
+        "validate",
+        help="check a config file",
+        description="Run the checks `run` does at start-up (the store's resources included): "
+        "exit 0 if the config would start, else print every error with its field path and exit 1.",
     )
     validate.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     validate.add_argument(
@@ -93,30 +111,57 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _listen(value: str) -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT, or a bare PORT (host "": the first listener's)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 0-65535), not {value!r}")
+    if not port.isdigit() or int(port) > 65535 or (not sep and not value.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or PORT (port 0-65535), not {value!r}")
     return host.strip("[]"), int(port)
 
 
 def _load_or_report(path: Path) -> LoadedConfig | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        _report(path, exc)
-        return None
+    """The config `run` would serve (the store's resources included), or None once the errors are printed."""
+
+    async def load() -> LoadedConfig | None:
+        started = await _open_config(path)
+        if started is None:
+            return None
+        loaded, store, _, _ = started
+        await store.close()
+        return loaded
+
+    return asyncio.run(load())
 
 
 def _report(path: Path, exc: ConfigError) -> None:
     count = len(exc.issues)
+    if count == 1 and not exc.issues[0].path:  # the file as a whole: unreadable, not YAML, not a mapping
+        print(f"{path}: {exc.issues[0].message}", file=sys.stderr)
+        return
     print(f"{path}: invalid config ({count} error{'s' if count != 1 else ''}):", file=sys.stderr)
     for issue in exc.issues:
         print(f"  {issue}", file=sys.stderr)
 
 
+def _start_up_issues(config: Config) -> list[ConfigIssue]:
+    """What `run` refuses after the document loads, so that `validate` refuses it too."""
+    from gateway.admin.auth import AdminKeyRequired, admin_key
+
+    issues = []
+    if config.admin is not None:
+        try:
+            admin_key(config.admin)
+        except AdminKeyRequired as exc:
+            issues.append(ConfigIssue("admin.key", str(exc)))
+    return issues
+
+
 def _validate(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
+        return 1
+    issues = _start_up_issues(loaded.config)
+    if issues:
+        _report(args.config, ConfigError(issues))
         return 1
     if args.with_runners and loaded.config.plugin_runners:
         from gateway.runner.startup import check_with_runners
@@ -194,13 +239,13 @@ async def _open_config(path: Path) -> tuple[LoadedConfig, ConfigStore, Snapshot,
     from gateway.store.base import RESOURCE_KINDS, StoreError
 
     try:
-        document, _ = await asyncio.to_thread(read_document, path)
+        document = await asyncio.to_thread(read_config_document, path)
         store_settings = Config.model_validate({"store": document.get("store") or {}}).store
-    except StoreError as exc:
-        print(f"protogate: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        _report(path, exc)
         return None
-    except ValidationError as exc:
-        _report(path, ConfigError([ConfigIssue(f"store.{_dotted(e['loc'][1:])}", e["msg"]) for e in exc.errors()]))
+    except ValidationError:
+        _report(path, ConfigError([i for i in schema_issues(document) if i.path.startswith("store")]))
         return None
     if store_settings.type != "standalone":
         inline = [kind for kind in RESOURCE_KINDS if document.get(kind)]
@@ -216,7 +261,12 @@ async def _open_config(path: Path) -> tuple[LoadedConfig, ConfigStore, Snapshot,
         store = open_store(store_settings, path)
         snapshot = await store.snapshot()
     except (StoreError, ValueError) as exc:
-        print(f"protogate: cannot read the config store ({store_settings.type}): {exc}", file=sys.stderr)
+        # In standalone mode the store is this file: its shape errors have field paths, so give those.
+        issues = schema_issues(document) if store_settings.type == "standalone" else []
+        if issues:
+            _report(path, ConfigError(issues))
+        else:
+            print(f"protogate: cannot read the config store ({store_settings.type}): {exc}", file=sys.stderr)
         return None
     whole = with_objects(settings_of(document), snapshot.objects)
     try:
@@ -227,10 +277,6 @@ async def _open_config(path: Path) -> tuple[LoadedConfig, ConfigStore, Snapshot,
         _report(source, exc)
         return None
     return loaded, store, snapshot, document
-
-
-def _dotted(loc: Sequence[int | str]) -> str:
-    return ".".join(str(part) for part in loc)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -319,7 +365,7 @@ async def _serve(
                 await site.start()
             except OSError as exc:
                 await web_runner.cleanup()
-                print(f"protogate: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+                print(f"protogate: cannot listen on {host}:{port}: {_os_reason(exc)}", file=sys.stderr)
                 return 1
             sites.append((scheme, site))
     grpc_server: GrpcProxyServer | None = None
@@ -340,7 +386,8 @@ async def _serve(
         metrics_runner = await start_metrics_endpoint(app)  # its own port; None when metrics are off
     except OSError as exc:
         await web_runner.cleanup()
-        print(f"protogate: cannot serve metrics: {exc}", file=sys.stderr)
+        where = loaded.config.telemetry.prometheus.export_addr
+        print(f"protogate: cannot serve metrics on {where.host}:{where.port}: {_os_reason(exc)}", file=sys.stderr)
         return 1
     manager = app[CONFIG_MANAGER]
     if store is not None and snapshot is not None:
@@ -378,7 +425,7 @@ async def _serve(
                 await grpc_server.stop(None)
             await web_runner.cleanup()
             where = f"{settings.status_listen.host}:{settings.status_listen.port}"
-            print(f"protogate: cannot serve status on {where}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"protogate: cannot serve status on {where}: {_os_reason(exc)}", file=sys.stderr)
             return 1
         print(f"protogate {__version__} status on http://{status_address}/status/ready", flush=True)
     if grpc_server is not None:
@@ -444,7 +491,7 @@ async def _start_admin(manager: ConfigManager, admin: AdminSettings, key: str) -
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        return None, "", exc.strerror or str(exc)
+        return None, "", _os_reason(exc)
     return runner, _bound_address(site), ""
 
 
@@ -453,6 +500,11 @@ async def _cleanup_quietly(web_runner: EdgeRunner) -> None:
         await web_runner.cleanup()
     except Exception:  # a failed start-up may leave nothing to clean; the first error is the one to report
         log.debug("cleanup after a failed start-up", exc_info=True)
+
+
+def _os_reason(exc: OSError) -> str:
+    """The reason alone ("address already in use"), without asyncio's "error while attempting to bind on ..."."""
+    return os.strerror(exc.errno).lower() if exc.errno else exc.strerror or str(exc)
 
 
 def _bound_address(site: web.TCPSite) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GATEWAY = "http://127.0.0.1:9080"
+GATEWAY_PORT = 9080
 BACKEND_PORT = 50051
 READY_WITHIN = 20.0
 
@@ -25,6 +27,23 @@ CURLS = (
     f"curl -sN '{GATEWAY}/v1/shelves/1/books:stream?limit=3&interval_ms=500'",
     f'curl -sN -X POST {GATEWAY}/v1/chat -d \'{{"text": "hi"}}\'',
 )
+
+
+def busy_ports(ports: dict[int, str]) -> list[str]:
+    """One line per port of 127.0.0.1 that something already listens on, naming who needed it.
+
+    Checked first because grpc servers bind with SO_REUSEPORT: a second bookstore backend would start
+    beside a forgotten one and share its connections, each with its own shelves.
+    """
+    busy = []
+    for port, needed_by in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                busy.append(f"127.0.0.1:{port} ({needed_by}): {os.strerror(exc.errno or 0).lower()}")
+    return busy
 
 
 def _wait_for_line(process: subprocess.Popen[str], marker: str, name: str) -> str:
@@ -46,6 +65,13 @@ def _wait_for_line(process: subprocess.Popen[str], marker: str, name: str) -> st
 def main() -> int:
     # A SIGTERM (from a supervisor, or `kill`) stops the children too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    busy = busy_ports({BACKEND_PORT: "the bookstore backend", GATEWAY_PORT: "the gateway"})
+    if busy:
+        lines = "\n  ".join(busy)
+        print(
+            f"cannot start the quickstart:\n  {lines}\nIs `make run` running already? Stop it first.", file=sys.stderr
+        )
+        return 1
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     bin_dir = Path(sys.executable).parent
     backend = subprocess.Popen(

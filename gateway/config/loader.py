@@ -6,10 +6,12 @@ in part, and every error names where it is (`routes[2].plugins.grpc-transcode.me
 
 from __future__ import annotations
 
+import difflib
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -80,18 +82,69 @@ class LoadedConfig:
 
 def load_config(path: str | Path) -> LoadedConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue("", f"cannot read {path}: {exc}")], str(path)) from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("", f"{path} is not valid YAML: {exc}")], str(path)) from None
+    document = read_config_document(path)
     try:
         return load_document(document, base_dir=path.parent)
     except ConfigError as exc:
         raise ConfigError(exc.issues, str(path)) from None
+
+
+def read_config_document(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path`, or ConfigError with one line saying what is wrong and where.
+
+    A key given twice in one mapping is refused: YAML keeps the last one silently, so a second
+    `plugins:` under a route would drop the first (its key-auth, say) without a word.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read the file: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [ConfigIssue("", f"cannot read the file: not UTF-8 text ({exc.reason})")], str(path)
+        ) from None
+    try:
+        document = yaml.load(text, Loader=_StrictYamlLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {_yaml_problem(exc)}")], str(path)) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError([ConfigIssue("", _not_a_mapping(document))], str(path))
+    return document
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key repeated in one mapping is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {first.line + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: where, what, and the construct it was in."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem is None:
+        return " ".join(str(exc).split())
+    where = exc.problem_mark or exc.context_mark
+    text = f"line {where.line + 1}, column {where.column + 1}: {exc.problem}" if where else str(exc.problem)
+    if exc.context and exc.context_mark is not None:
+        text += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    elif exc.context:
+        text += f" ({exc.context})"
+    return text
 
 
 def load_document(document: Any, *, base_dir: Path = Path()) -> LoadedConfig:
@@ -102,8 +155,21 @@ def load_document(document: Any, *, base_dir: Path = Path()) -> LoadedConfig:
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError([ConfigIssue(_loc(err["loc"]), err["msg"]) for err in exc.errors()]) from None
+        raise ConfigError(validation_issues(exc, Config, document)) from None
     return _Checker(config, base_dir).load()
+
+
+def schema_issues(document: dict[str, Any]) -> list[ConfigIssue]:
+    """The document's shape errors only (fields, types), without reading descriptors or certificates."""
+    try:
+        Config.model_validate(document)
+    except ValidationError as exc:
+        return validation_issues(exc, Config, document)
+    return []
+
+
+def _not_a_mapping(document: Any) -> str:
+    return f"the config document must be a mapping (gateway:, routes:, ...), not {_describe(document)}"
 
 
 class _Checker:
@@ -273,7 +339,7 @@ class _Checker:
             at = f"{where}.plugins.{name}"
             plugin = REGISTRY.get(name)
             if plugin is None:
-                self.issues.append(ConfigIssue(at, f"unknown plugin (known: {', '.join(sorted(REGISTRY))})"))
+                self.issues.append(ConfigIssue(at, _unknown_plugin(name)))
                 continue
             values = dict(raw or {})
             meta_raw = values.pop("_meta", None)
@@ -293,7 +359,7 @@ class _Checker:
         try:
             return model.model_validate(values)
         except ValidationError as exc:
-            self.issues.extend(ConfigIssue(_loc(err["loc"], at), err["msg"]) for err in exc.errors())
+            self.issues.extend(validation_issues(exc, model, values, at))
             return None
 
     def _consumers(self) -> tuple[ConsumerIndex, dict[str, dict[str, PluginSpec]]]:
@@ -344,14 +410,131 @@ def _no(kind: str, ident: str) -> str:
     return f"no {kind} has id {ident!r}"
 
 
-def _loc(loc: Sequence[int | str], prefix: str = "") -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
+def validation_issues(
+    exc: ValidationError, model: type[BaseModel], document: Any, prefix: str = ""
+) -> list[ConfigIssue]:
+    """Pydantic's errors as issues: a path into the document as written, and a message a user can act on."""
+    issues = []
+    for err in exc.errors():
+        loc = err["loc"]
+        if err["type"] == "extra_forbidden":
+            message = _unknown_field(str(loc[-1]), _field_names(model, loc[:-1]))
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            message = f"Input should be a mapping of fields, not {_describe(err['input'])}"
+        elif err["type"] == "list_type":
+            message = f"Input should be a list, not {_describe(err['input'])}"
         else:
+            message = err["msg"]
+        issues.append(ConfigIssue(_loc(loc, prefix, document), message))
+    return issues
+
+
+_MISSING = object()
+
+
+def _loc(loc: Sequence[int | str], prefix: str = "", document: Any = _MISSING) -> str:
+    """`routes[0].plugins.limit-count.count`, following the document as written where the models normalised it:
+    a `{"host:port": weight}` node map is shown by its keys, one object written without its list has no index,
+    and a scalar the models expanded (`listen: 9080`) ends the path."""
+    out = prefix
+    current = document
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            following = loc[position + 1] if position + 1 < len(loc) else None
+            if isinstance(current, dict) and following in current:  # one object the models wrapped in a list
+                continue
+            if isinstance(current, dict) and part < len(current):  # a map the models turned into a list
+                key = list(current)[part]
+                out += f"[{key!r}]" if not isinstance(key, str) else f'["{key}"]'
+                current = current[key]
+                continue
+            if current is not _MISSING and not isinstance(current, list):
+                break  # a scalar the models expanded: the rest of the path is theirs, not the user's
+            out += f"[{part}]"
+            current = current[part] if isinstance(current, list) and part < len(current) else _MISSING
+        else:
+            if current is not _MISSING and not isinstance(current, dict | list):
+                break
             out += f".{part}" if out else str(part)
+            current = current.get(part, _MISSING) if isinstance(current, dict) else _MISSING
     return out
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, int | float):
+        return f"{value!r} (a number)"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"{shown!r} (a string)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _unknown_field(name: str, known: list[str] | None) -> str:
+    if not known:
+        return "unknown field"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field (did you mean {close[0]!r}?)"
+    return f"unknown field (expected one of: {', '.join(known)})"
+
+
+def _unknown_plugin(name: str) -> str:
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown plugin ({hint}known: {', '.join(sorted(REGISTRY))})"
+
+
+def _field_names(model: type[BaseModel], loc: Sequence[int | str]) -> list[str] | None:
+    """The field names a model accepts at `loc` (for "did you mean"), or None when the path leads elsewhere."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current, int if isinstance(part, int) else str)
+        if isinstance(part, int):
+            if get_origin(current) is not list:
+                return None
+            current = get_args(current)[0]
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {info.alias or name: info for name, info in current.model_fields.items()}
+            if part not in fields:
+                return None
+            current = fields[part].annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return None
+    current = _unwrap(current, str)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return None
+
+
+def _unwrap(annotation: Any, step: type) -> Any:
+    """Strip Annotated and Optional; of a union, keep the member a step of this kind (index or key) can enter."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            fitting = [a for a in members if _enterable(a, step)]
+            annotation = (fitting or members)[0]
+        else:
+            return annotation
+
+
+def _enterable(annotation: Any, step: type) -> bool:
+    origin = get_origin(annotation)
+    if step is int:
+        return origin is list
+    return origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
 
 
 def _missing_id(index: int) -> ConfigIssue:
