@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.config.models import Config, Route, Service, Upstream
+from gateway.config.yaml_text import parse_yaml, yaml_problem
 from gateway.consumers import EMPTY_CONSUMERS, Consumer, ConsumerIndex
 from gateway.plugins import REGISTRY
 from gateway.plugins.base import PluginMeta, PluginSpec
@@ -104,47 +105,14 @@ def read_config_document(path: Path) -> dict[str, Any]:
             [ConfigIssue("", f"cannot read the file: not UTF-8 text ({exc.reason})")], str(path)
         ) from None
     try:
-        document = yaml.load(text, Loader=_StrictYamlLoader)  # a SafeLoader subclass
+        document = parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("", f"not valid YAML: {_yaml_problem(exc)}")], str(path)) from None
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {yaml_problem(exc)}")], str(path)) from None
     if document is None:
         return {}
     if not isinstance(document, dict):
         raise ConfigError([ConfigIssue("", _not_a_mapping(document))], str(path))
     return document
-
-
-class _StrictYamlLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key repeated in one mapping is an error."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:  # an unhashable key: SafeLoader reports it itself
-                continue
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given at line {first.line + 1})", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's multi-line report as one line: where, what, and the construct it was in."""
-    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem is None:
-        return " ".join(str(exc).split())
-    where = exc.problem_mark or exc.context_mark
-    text = f"line {where.line + 1}, column {where.column + 1}: {exc.problem}" if where else str(exc.problem)
-    if exc.context and exc.context_mark is not None:
-        text += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
-    elif exc.context:
-        text += f" ({exc.context})"
-    return text
 
 
 def load_document(document: Any, *, base_dir: Path = Path()) -> LoadedConfig:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from gateway.config.yaml_text import parse_yaml, yaml_problem
 from gateway.store.base import (
     RESOURCE_KINDS,
     Snapshot,
@@ -58,9 +59,11 @@ def read_document(path: Path) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise StoreError(f"{path} is not valid YAML: {exc}") from None
+        document = parse_yaml(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    except yaml.YAMLError as exc:  # one line, with no quoted excerpt: the file may hold keys
+        raise StoreError(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

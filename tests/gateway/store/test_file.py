@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway.store.base import StoreConflict, StoreError, StoreReadOnly
-from gateway.store.file import FileStore, StandaloneFileStore, write_atomically
+from gateway.store.file import FileStore, StandaloneFileStore, read_document, write_atomically
 
 
 async def test_a_put_writes_the_whole_file_with_revisions(tmp_path: Path) -> None:
@@ -118,3 +118,17 @@ async def test_a_change_from_outside_found_by_a_write_is_delivered_whole(tmp_pat
     assert snapshot.revision == written.revision and set(snapshot.objects["routes"]) == {"r1", "other", "r2"}
     assert snapshot.resync is not None and "changed outside this gateway" in snapshot.resync
     await store.close()
+
+
+def test_a_file_is_read_as_the_config_loader_reads_it(tmp_path: Path) -> None:
+    # A key given twice is refused (a second `plugins:` would silently drop the first), and a broken file's
+    # error is one line that quotes nothing of it (the file may hold private keys).
+    path = tmp_path / "gateway.yaml"
+    path.write_text("routes:\n  - id: r\n    plugins: {key-auth: {}}\n    plugins: {}\n")
+    with pytest.raises(StoreError, match=r"duplicate key 'plugins' \(first given at line 3\)"):
+        read_document(path)
+    path.write_text("ssls:\n  - key: MIIEvQIBADANBgkqhkiG9w0B\n    cert: [unclosed\n")
+    with pytest.raises(StoreError) as caught:
+        read_document(path)
+    assert "\n" not in str(caught.value) and "MIIEvQ" not in str(caught.value)
+    assert "line 4" in str(caught.value)
