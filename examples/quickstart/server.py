@@ -630,7 +630,10 @@ async def serve(
     cancelled: Counter[str] = Counter()
     store = Store()
     _seed(store)
-    server = grpc.aio.server(interceptors=[ServedByInterceptor(name, calls, cancelled)])
+    # so_reuseport off: a second copy on the same port must fail, not split the clients with the first.
+    server = grpc.aio.server(
+        interceptors=[ServedByInterceptor(name, calls, cancelled)], options=[("grpc.so_reuseport", 0)]
+    )
     pb_grpc.add_BookstoreServicer_to_server(BookstoreService(store, name, calls, cancelled), server)
     address = f"[{host}]" if ":" in host else host
     try:

@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
+from gateway import __version__
 from gateway.admin.auth import auth_middleware
 from gateway.admin.redaction import REDACTED, restore
 from gateway.admin.responses import error_response, issue_list, object_body, object_response
@@ -40,8 +42,9 @@ MANAGER = web.AppKey("admin_manager", ConfigManager)
 
 
 def build_admin_app(manager: ConfigManager, settings: AdminSettings, key: str) -> web.Application:
-    app = web.Application(middlewares=[auth_middleware(settings, key)], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[json_errors, auth_middleware(settings, key)], client_max_size=MAX_BODY)
     app[MANAGER] = manager
+    app.on_response_prepare.append(_server_header)
     routes = app.router
     routes.add_get(f"{PREFIX}/status", status)
     routes.add_get(f"{PREFIX}/schema/plugins/{{name}}", plugin_schema)
@@ -54,6 +57,25 @@ def build_admin_app(manager: ConfigManager, settings: AdminSettings, key: str) -
     routes.add_patch(f"{PREFIX}/{{kind}}/{{id}}", patch_object)
     routes.add_delete(f"{PREFIX}/{{kind}}/{{id}}", delete_object)
     return app
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path, method not allowed, body too large) as the API's JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = f"{request.method} is not allowed on {request.path}" if exc.status == 405 else exc.reason
+        if exc.status == 404:
+            message = f"no Admin API endpoint at {request.path}"
+        return error_response(exc.status, message, headers=headers)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = f"protogate/{__version__}"  # not aiohttp's and Python's versions
 
 
 class _Refusal(Exception):

@@ -182,6 +182,14 @@ def test_no_key_on_loopback_generates_one_and_prints_it_once(tmp_path: Path) -> 
     assert sum(gateway.key in line for line in gateway.process.output) == 1
 
 
+def test_unknown_paths_and_methods_get_json_errors(gateway: AdminGateway) -> None:
+    status, headers, body = gateway.admin("GET", "/routes/x/y")
+    assert (status, body["error_msg"]) == (404, "no Admin API endpoint at /protogate/admin/routes/x/y")
+    status, headers, body = gateway.admin("POST", "/routes/x", {"uri": "/x"})
+    assert status == 405 and "PUT" in headers["allow"] and body["error_msg"].startswith("POST is not allowed")
+    assert headers["server"].startswith("protogate/")
+
+
 def test_schema_endpoints(gateway: AdminGateway) -> None:
     status, _, schema = gateway.admin("GET", "/schema/routes")
     assert status == 200 and "uri" in schema["properties"]
