@@ -1,8 +1,10 @@
 """Gateway-side client of a plugin runner: prepared-token cache, per-call deadlines, one re-prepare on TOKEN_UNKNOWN.
 
-Pure grpc.aio. Errors other than a refused config surface as `grpc.aio.AioRpcError` with the runner's status
-(DEADLINE_EXCEEDED when the per-call budget ran out, UNAVAILABLE when the runner is down, INTERNAL when a
-plugin raised); the gateway maps them through its failure policy.
+Pure grpc.aio. Calls go over the runner's Calls stream when its Describe says protocol_version >= 2 (see
+plugin_runner.multiplex), else, and for messages over `max_stream_message_bytes`, as unary RPCs. Errors other
+than a refused config surface as `grpc.aio.AioRpcError` with the runner's status either way (DEADLINE_EXCEEDED
+when the per-call budget ran out, UNAVAILABLE when the runner is down, INTERNAL when a plugin raised); the
+gateway maps them through its failure policy.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from plugin_runner import rpc_status
+from plugin_runner import rpc_status, wire
+from plugin_runner.multiplex import CallStream, StreamBroken
 from plugin_runner.proto import runner_pb2 as pb
 from plugin_runner.proto import runner_pb2_grpc as pb_grpc
 
@@ -27,6 +30,10 @@ __all__ = ["SERVICE_NAME", "PluginSpec", "PreparedConf", "RunnerClient", "Runner
 
 SERVICE_NAME = "protogate.plugin.v1.PluginRunner"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The first protocol revision with the Calls stream.
+STREAM_PROTOCOL = 2
+# A call bigger than this (a large body) goes as a unary RPC: it would hold up the small calls behind it.
+DEFAULT_MAX_STREAM_MESSAGE_BYTES = 256 * 1024
 
 #: (plugin name, config) in chain order; a config is a JSON-able mapping or JSON text.
 PluginSpec = tuple[str, Mapping[str, Any] | str | None]
@@ -95,12 +102,18 @@ class RunnerClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, object]] = (),
+        streaming: bool = True,
+        max_in_flight: int = 1024,
+        max_stream_message_bytes: int = DEFAULT_MAX_STREAM_MESSAGE_BYTES,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.prepare_timeout = prepare_timeout
         self.max_prepared = max_prepared
+        self.max_stream_message_bytes = max_stream_message_bytes
         self.epoch: str | None = None
+        self.protocol_version: int | None = None  # from Describe
+        self.streaming = streaming  # use the Calls stream when the runner offers it
         options: list[tuple[str, object]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -112,11 +125,23 @@ class RunnerClient:
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.PluginRunnerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._unary = {wire.REQUEST: self._stub.HTTPReqCall, wire.RESPONSE: self._stub.HTTPRespCall}
+        self._calls: CallStream | None = None  # set by describe() for a protocol 2 runner
+        self._max_in_flight = max_in_flight
         self._prepared: OrderedDict[Hashable, PreparedConf] = OrderedDict()
         self._pending: dict[Hashable, asyncio.Future[PreparedConf]] = {}
 
     async def close(self) -> None:
+        """Calls in flight fail with UNAVAILABLE; later calls too."""
+        calls, self._calls = self._calls, None
+        if calls is not None:
+            await calls.close()
         await self._channel.close()
+
+    @property
+    def stream(self) -> CallStream | None:
+        """The Calls stream in use, or None when calls go as unary RPCs."""
+        return self._calls
 
     async def __aenter__(self) -> RunnerClient:
         return self
@@ -146,9 +171,13 @@ class RunnerClient:
         return await self.describe(timeout=max(0.05, deadline - time.monotonic()))
 
     async def describe(self, timeout: float | None = None) -> pb.DescribeResponse:
-        """The runner's plugins and epoch. A new epoch makes every cached token be prepared again on next use."""
+        """The runner's plugins, epoch and protocol. A new epoch makes every cached token be prepared again on next
+        use; protocol_version 2 or more sends later calls over the Calls stream."""
         answer = await self._stub.Describe(pb.DescribeRequest(), timeout=timeout or self.prepare_timeout)
         self.epoch = answer.epoch
+        self.protocol_version = answer.protocol_version
+        if self.streaming and answer.protocol_version >= STREAM_PROTOCOL and self._calls is None:
+            self._calls = CallStream(self._channel, max_in_flight=self._max_in_flight)
         return answer
 
     # -- prepared chains --------------------------------------------------------------------------
@@ -238,15 +267,15 @@ class RunnerClient:
     ) -> pb.HTTPReqCallResponse:
         """HTTPReqCall with `prepared`'s token (set by this method). `timeout` bounds the whole call,
         including one re-prepare and retry when the runner answers TOKEN_UNKNOWN (restart, eviction)."""
-        return await self._call(self._stub.HTTPReqCall, prepared, request, timeout)
+        return await self._call(wire.REQUEST, prepared, request, timeout)  # type: ignore[no-any-return]
 
     async def call_response(
         self, prepared: PreparedConf, response: pb.HTTPRespCallRequest, timeout: float | None = None
     ) -> pb.HTTPRespCallResponse:
         """HTTPRespCall; same token and deadline handling as call_request."""
-        return await self._call(self._stub.HTTPRespCall, prepared, response, timeout)
+        return await self._call(wire.RESPONSE, prepared, response, timeout)  # type: ignore[no-any-return]
 
-    async def _call(self, method: Any, prepared: PreparedConf, message: Any, timeout: float | None) -> Any:
+    async def _call(self, kind: wire.CallKind, prepared: PreparedConf, message: Any, timeout: float | None) -> Any:
         deadline = time.monotonic() + (timeout or self.timeout)
         if self.epoch is not None and prepared.epoch != self.epoch:
             # The runner restarted since this chain was prepared: skip the round trip that would fail.
@@ -254,13 +283,34 @@ class RunnerClient:
         token = prepared.token
         message.token = token
         try:
-            return await method(message, timeout=_remaining(deadline))
+            return await self._send(kind, message, deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != rpc_status.TOKEN_UNKNOWN_CODE:
                 raise
         await self._refresh(prepared, token, deadline)
         message.token = prepared.token
-        return await method(message, timeout=_remaining(deadline))
+        return await self._send(kind, message, deadline)
+
+    async def _send(self, kind: wire.CallKind, message: Any, deadline: float) -> Any:
+        calls = self._calls
+        if calls is None:
+            return await self._unary[kind](message, timeout=_remaining(deadline))
+        payload = message.SerializeToString()
+        if len(payload) > self.max_stream_message_bytes:
+            return await self._unary[kind](message, timeout=_remaining(deadline))
+        try:
+            return await calls.call(kind, payload, deadline)
+        except StreamBroken as exc:
+            if not exc.maybe_unserved:
+                raise
+        # The stream failed before it ever answered, and not for a lost connection: the runner may not serve Calls
+        # at all, whatever Describe said. The unary RPC tells: if it answers, unary RPCs from now on; if not, its
+        # error is the call's, and the stream is tried again next time.
+        answer = await self._unary[kind](message, timeout=_remaining(deadline))
+        if self._calls is calls:
+            self._calls = None
+            await calls.close()
+        return answer
 
 
 def _remaining(deadline: float) -> float:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 from multidict import CIMultiDict
@@ -48,28 +48,37 @@ def request_id(ctx: RequestContext) -> str:
     """One id per request for every runner call it makes: the client's X-Request-Id, else a new one."""
     rid = ctx.vars.get(REQUEST_ID_VAR)
     if rid is None:
-        rid = ctx.vars[REQUEST_ID_VAR] = ctx.headers.get("X-Request-Id") or uuid.uuid4().hex
+        # 128 random bits in hex, as uuid4().hex but without building a UUID.
+        rid = ctx.vars[REQUEST_ID_VAR] = ctx.headers.get("X-Request-Id") or os.urandom(16).hex()
     return rid
 
 
-def _header_list(headers: Iterable[tuple[str, str]]) -> list[pb.Header]:
-    out = []
+def _add_headers(out: Any, headers: Iterable[tuple[str, str]]) -> None:
+    add = out.add  # built in place: a standalone pb.Header would be copied in
     for name, value in headers:
-        try:
-            value.encode("utf-8")  # a value aiohttp could not decode carries surrogates: never forwarded
-        except UnicodeEncodeError:
-            continue
-        out.append(pb.Header(name=name.lower(), value=value))
-    return out
+        if not value.isascii():
+            try:
+                value.encode("utf-8")  # a value aiohttp could not decode carries surrogates: never forwarded
+            except UnicodeEncodeError:
+                continue
+        add(name=name.lower(), value=value)
 
 
-def trace_context(ctx: RequestContext) -> pb.TraceContext:
+def _set_trace(trace: pb.TraceContext, ctx: RequestContext) -> None:
     """The gateway's span when the request is traced (call inside plugin_runner_span), else the client's."""
     carrier: dict[str, str] = {}
     inject_context(carrier, ctx)
     if not carrier:
         carrier = {key: ctx.headers.get(key, "") for key in ("traceparent", "tracestate")}
-    return pb.TraceContext(traceparent=carrier.get("traceparent", ""), tracestate=carrier.get("tracestate", ""))
+    trace.traceparent = carrier.get("traceparent", "")
+    trace.tracestate = carrier.get("tracestate", "")
+
+
+def trace_context(ctx: RequestContext) -> pb.TraceContext:
+    """The trace context a call carries (see _set_trace)."""
+    trace = pb.TraceContext()
+    _set_trace(trace, ctx)
+    return trace
 
 
 def _vars(ctx: RequestContext, names: Iterable[str], response: ProxyResponse | None = None) -> dict[str, str]:
@@ -92,16 +101,20 @@ async def build_request_call(ctx: RequestContext, prepared: PreparedConf) -> pb.
         request_id=request_id(ctx),
         method=ctx.method,
         path=ctx.path,
-        args=[pb.Arg(name=k, value=v) for k, v in parse_qsl(ctx.query, keep_blank_values=True)] if ctx.query else [],
-        headers=_header_list(ctx.headers.items()),
         client_ip=ctx.client_ip,
         client_port=_peer_port(ctx),
         route_id=ctx.route_id,
         consumer_name=ctx.consumer.username if ctx.consumer is not None else "",
-        trace=trace_context(ctx),
-        vars=_vars(ctx, prepared.vars),
         scheme=getattr(ctx.request, "scheme", "http"),
     )
+    if ctx.query:
+        add = message.args.add
+        for name, value in parse_qsl(ctx.query, keep_blank_values=True):
+            add(name=name, value=value)
+    _add_headers(message.headers, ctx.headers.items())
+    _set_trace(message.trace, ctx)
+    if prepared.vars:
+        message.vars.update(_vars(ctx, prepared.vars))
     if prepared.needs_request_body:
         message.body = await ctx.read_body()
     return message
@@ -109,17 +122,19 @@ async def build_request_call(ctx: RequestContext, prepared: PreparedConf) -> pb.
 
 def build_response_call(ctx: RequestContext, response: ProxyResponse, prepared: PreparedConf) -> pb.HTTPRespCallRequest:
     """The body, when the chain needs it, is added by the caller once it is buffered."""
-    return pb.HTTPRespCallRequest(
+    message = pb.HTTPRespCallRequest(
         request_id=request_id(ctx),
         status=response.status,
-        headers=_header_list(response.headers.items()),
-        vars=_vars(ctx, prepared.vars, response),
         method=ctx.method,
         path=ctx.path,
         route_id=ctx.route_id,
         consumer_name=ctx.consumer.username if ctx.consumer is not None else "",
-        trace=trace_context(ctx),
     )
+    _add_headers(message.headers, response.headers.items())
+    _set_trace(message.trace, ctx)
+    if prepared.vars:
+        message.vars.update(_vars(ctx, prepared.vars, response))
+    return message
 
 
 # -- answers ------------------------------------------------------------------------------------------------------

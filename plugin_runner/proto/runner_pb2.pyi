@@ -251,3 +251,47 @@ class HTTPRespCallResponse(_message.Message):
     headers: HeaderMutation
     body: bytes
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Union[HeaderMutation, _Mapping]] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class CallBatch(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("id", "timeout_ms", "http_req", "http_resp")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_REQ_FIELD_NUMBER: _ClassVar[int]
+    HTTP_RESP_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout_ms: int
+    http_req: HTTPReqCallRequest
+    http_resp: HTTPRespCallRequest
+    def __init__(self, id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., http_req: _Optional[_Union[HTTPReqCallRequest, _Mapping]] = ..., http_resp: _Optional[_Union[HTTPRespCallRequest, _Mapping]] = ...) -> None: ...
+
+class ResultBatch(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[Result]
+    def __init__(self, results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("id", "http_req", "http_resp", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HTTP_REQ_FIELD_NUMBER: _ClassVar[int]
+    HTTP_RESP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    http_req: HTTPReqCallResponse
+    http_resp: HTTPRespCallResponse
+    error: CallError
+    def __init__(self, id: _Optional[int] = ..., http_req: _Optional[_Union[HTTPReqCallResponse, _Mapping]] = ..., http_resp: _Optional[_Union[HTTPRespCallResponse, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ...) -> None: ...
+
+class CallError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class PluginRunnerStub:
-    """The service every plugin runner implements. All RPCs are unary.
+    """The service every plugin runner implements. All RPCs but Calls are unary; Calls is optional
+    (protocol_version 2).
     """
 
     def __init__(self, channel):
@@ -60,10 +61,16 @@ class PluginRunnerStub:
                 request_serializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.ReleaseConfRequest.SerializeToString,
                 response_deserializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.ReleaseConfResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/protogate.plugin.v1.PluginRunner/Calls',
+                request_serializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.CallBatch.SerializeToString,
+                response_deserializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.ResultBatch.FromString,
+                _registered_method=True)
 
 
 class PluginRunnerServicer:
-    """The service every plugin runner implements. All RPCs are unary.
+    """The service every plugin runner implements. All RPCs but Calls are unary; Calls is optional
+    (protocol_version 2).
     """
 
     def Describe(self, request, context):
@@ -106,6 +113,16 @@ class PluginRunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """HTTPReqCall and HTTPRespCall multiplexed over one long-lived stream (protocol_version 2; see the
+        header comment). The gateway keeps one open per runner process and half-closes it when it stops;
+        the runner answers every call it received (a late answer is dropped) and ends the stream after
+        the last one. When the stream breaks, every call in flight on it has failed (UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PluginRunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +151,11 @@ def add_PluginRunnerServicer_to_server(servicer, server):
                     request_deserializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.ReleaseConfRequest.FromString,
                     response_serializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.ReleaseConfResponse.SerializeToString,
             ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.CallBatch.FromString,
+                    response_serializer=protogate_dot_plugin_dot_v1_dot_runner__pb2.ResultBatch.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'protogate.plugin.v1.PluginRunner', rpc_method_handlers)
@@ -143,7 +165,8 @@ def add_PluginRunnerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PluginRunner:
-    """The service every plugin runner implements. All RPCs are unary.
+    """The service every plugin runner implements. All RPCs but Calls are unary; Calls is optional
+    (protocol_version 2).
     """
 
     @staticmethod
@@ -271,6 +294,33 @@ class PluginRunner:
             '/protogate.plugin.v1.PluginRunner/ReleaseConf',
             protogate_dot_plugin_dot_v1_dot_runner__pb2.ReleaseConfRequest.SerializeToString,
             protogate_dot_plugin_dot_v1_dot_runner__pb2.ReleaseConfResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/protogate.plugin.v1.PluginRunner/Calls',
+            protogate_dot_plugin_dot_v1_dot_runner__pb2.CallBatch.SerializeToString,
+            protogate_dot_plugin_dot_v1_dot_runner__pb2.ResultBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import os
@@ -27,6 +28,7 @@ PLUGINS = REPO / "examples" / "plugins"
 HMAC_AUTH = PLUGINS / "python" / "hmac_auth.py"
 REWRITE = PLUGINS / "python" / "rewrite.py"
 PROBES = REPO / "tests" / "servers" / "ext_plugins" / "probes.py"
+LEGACY_RUNNER = REPO / "tests" / "servers" / "ext_plugins" / "legacy_runner.py"
 UPSTREAM_SCRIPT = REPO / "tests" / "servers" / "http_upstream.py"
 NODE = shutil.which("node")
 SECRET = "0123456789abcdef-secret"
@@ -329,6 +331,65 @@ def test_runner_killed_under_load_fails_fast_or_degrades_then_recovers(
     while timed("closed")[0] != 200:
         assert time.monotonic() < deadline, "the gateway did not recover after the runner came back"
     assert timed("open") == (200, None)
+
+
+def test_runner_killed_with_requests_in_flight_fails_them_fast(
+    gateway_factory: GatewayFactory, http_upstream: int
+) -> None:
+    held = (("announce", {}), ("sleep", {"seconds": 30}))
+    gateway = gateway_factory(
+        {
+            "upstreams": [upstream(http_upstream)],
+            "plugin_runners": [python_runner()],
+            "routes": [
+                {
+                    "id": "held",
+                    "uri": "/echo/held",
+                    "upstream_id": "echo",
+                    "plugins": {"ext-plugin-pre-req": ext(*held, timeout=20)},
+                },
+                {
+                    "id": "held-open",
+                    "uri": "/echo/held-open",
+                    "upstream_id": "echo",
+                    "plugins": {"ext-plugin-pre-req": ext(*held, timeout=20, allow_degradation=True)},
+                },
+            ],
+        }
+    )
+    pid = runner_pid_from_output(gateway)
+    client = Client(gateway)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        closed = [pool.submit(client.get, "/echo/held") for _ in range(2)]
+        opened = [pool.submit(client.get, "/echo/held-open") for _ in range(2)]
+        for _ in range(4):  # the runner holds all four calls (on the gateway's one Calls stream)
+            gateway.process.wait_for("ext-plugin call for /echo/held", timeout=20)
+        started = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        for future in closed:
+            status, _, body = future.result(timeout=10)
+            assert status == 503, body
+        for future in opened:
+            status, headers, body = future.result(timeout=10)
+            assert status == 200 and headers["X-Protogate-Ext-Plugin"] == "degraded", body
+        assert time.monotonic() - started < 3, "in-flight calls waited for their timeout instead of failing"
+
+
+@pytest.mark.parametrize("claim", [1, 2])
+def test_a_runner_without_the_calls_stream_still_works(
+    gateway_factory: GatewayFactory, http_upstream: int, claim: int
+) -> None:
+    runner = python_runner()
+    runner["cmd"] = [sys.executable, str(LEGACY_RUNNER), "--claim", str(claim), *runner["cmd"][3:]]
+    config = _pid_config(http_upstream)
+    config["plugin_runners"] = [runner]
+    gateway = gateway_factory(config)
+    pid = runner_pid_from_output(gateway)
+    client = Client(gateway)
+    for _ in range(3):  # a runner that claims the stream without serving it: the first call falls back
+        status, headers, body = client.get("/echo/closed")
+        assert status == 200 and echoed_headers(body)["x-runner-pid"] == str(pid), body
+        assert headers.get("X-Protogate-Ext-Plugin") is None
 
 
 def test_runner_slower_than_the_timeout(gateway_factory: GatewayFactory, http_upstream: int) -> None:

@@ -34,6 +34,19 @@ class Slow(Plugin):
         await asyncio.sleep(config.seconds)
 
 
+class OwnTimeout(Plugin):
+    """Gives up a slow step of its own with asyncio.timeout, then tags the request (it runs in a task of its own)."""
+
+    name: ClassVar[str] = "own-timeout"
+
+    async def on_request(self, request: Request, config: dict[str, object]) -> None:
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            request.set_header("x-own-timeout", "fired")
+
+
 class EchoBody(Plugin):
     """Reports the body and vars it was given, and rewrites both bodies."""
 

@@ -6,9 +6,11 @@ tests fail and say so. They are skipped only where no `node` binary exists at al
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import stat
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -45,16 +47,18 @@ def node_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     runner.process.stop()
 
 
-@pytest.fixture
-async def client(node_runner: Runner) -> AsyncIterator[RunnerClient]:
-    async with RunnerClient(node_runner.target, timeout=5.0) as client:
+@pytest.fixture(params=["stream", "unary"])
+async def client(node_runner: Runner, request: pytest.FixtureRequest) -> AsyncIterator[RunnerClient]:
+    """A client over the Calls stream (what the gateway uses with this runner), and one over the unary RPCs."""
+    async with RunnerClient(node_runner.target, timeout=5.0, streaming=request.param == "stream") as client:
         await client.wait_ready(10)
+        assert (client.stream is not None) == (request.param == "stream")
         yield client
 
 
 async def test_describe_and_health(client: RunnerClient, node_runner: Runner) -> None:
     described = await client.describe()
-    assert described.runner_name == "protogate-node-runner" and described.protocol_version == 1
+    assert described.runner_name == "protogate-node-runner" and described.protocol_version == 2
     [plugin] = described.plugins
     assert plugin.name == "require-header" and plugin.request_phase and not plugin.response_phase
     assert json.loads(plugin.config_schema)["required"] == ["header"]
@@ -119,10 +123,56 @@ async def test_released_token_is_unknown_and_the_client_recovers(client: RunnerC
     assert answer.stop.status == 403 and conf.token != old_token
 
 
+async def test_calls_stream_answers_with_the_unary_status_codes(node_runner: Runner) -> None:
+    async with RunnerClient(node_runner.target, timeout=5.0) as client:
+        conf = await client.prepare("stream", [("require-header", {"header": "x-team"})])
+    calls = [
+        pb.Call(id=1, http_req=pb.HTTPReqCallRequest(token=conf.token, method="GET", path="/")),
+        pb.Call(id=2, http_resp=pb.HTTPRespCallRequest(token=conf.token, status=200)),
+        pb.Call(id=3, http_req=pb.HTTPReqCallRequest(token="gone.1", method="GET", path="/")),
+        pb.Call(id=2**40, timeout_ms=100),  # no kind of call set; an id past 32 bits
+    ]
+    async with grpc.aio.insecure_channel(node_runner.target) as channel:
+        method = channel.stream_stream(
+            "/protogate.plugin.v1.PluginRunner/Calls",
+            request_serializer=pb.CallBatch.SerializeToString,
+            response_deserializer=pb.ResultBatch.FromString,
+        )
+        stream = method(timeout=10)
+        await stream.write(pb.CallBatch(calls=calls))
+        results: dict[int, pb.Result] = {}
+        while len(results) < len(calls):
+            batch = await stream.read()
+            assert batch is not grpc.aio.EOF
+            results.update((result.id, result) for result in batch.results)
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF and await stream.code() == grpc.StatusCode.OK
+    assert results[1].http_req.stop.status == 403 and results[2].http_resp == pb.HTTPRespCallResponse()
+    assert results[3].error.code == rpc_status.TOKEN_UNKNOWN_CODE.value[0]
+    assert results[2**40].error.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
 def test_sigterm_stops_and_removes_the_socket(tmp_path: Path) -> None:
     runner = start_runner(node_args(), tmp_path / "term.sock")
     runner.process.stop()
     assert runner.process.popen.returncode == 0 and not runner.socket.exists()
+
+
+async def test_sigterm_with_a_calls_stream_open_stops_at_once(tmp_path: Path) -> None:
+    runner = start_runner(node_args(), tmp_path / "open.sock")
+    try:
+        async with RunnerClient(runner.target, timeout=5.0) as client:
+            await client.wait_ready(10)
+            conf = await client.prepare("open", [("require-header", {"header": "x-team"})])
+            await client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path="/"))
+            assert client.stream is not None and client.stream.stats.calls == 1  # the stream is open
+            started = time.monotonic()
+            runner.process.popen.terminate()
+            assert await asyncio.to_thread(runner.process.popen.wait, 10) == 0
+            assert time.monotonic() - started < 1.9  # not held for the 2 s forced-shutdown timer
+    finally:
+        runner.process.stop()
+    assert not runner.socket.exists()
 
 
 def test_exits_when_its_parent_dies(tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ def test_plugin_metadata_from_the_class() -> None:
 
 
 def test_loader_accepts_module_and_file_specs_and_refuses_bad_ones() -> None:
-    assert [p.name for p in load_plugins([str(SAMPLES)])] == ["boom", "slow", "echo-body"]
+    assert [p.name for p in load_plugins([str(SAMPLES)])] == ["boom", "slow", "own-timeout", "echo-body"]
     assert [p.name for p in load_plugins(["sample_plugins:Slow"])] == ["slow"]  # tests/plugin_runner is on sys.path
     with pytest.raises(PluginLoadError, match="is not a Plugin subclass with a name"):
         load_plugins(["plugin_runner.sdk:Plugin"])

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from pathlib import Path
 
@@ -20,7 +20,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from processes import REPO
-from runner_harness import HMAC_AUTH, SAMPLES, Runner, RunnerFactory, assert_exits_with_parent, python_runner_args
+from runner_harness import (
+    HMAC_AUTH,
+    REWRITE,
+    SAMPLES,
+    Runner,
+    RunnerFactory,
+    assert_exits_with_parent,
+    python_runner_args,
+)
 
 from plugin_runner import rpc_status
 from plugin_runner.client import RunnerClient, RunnerConfigError
@@ -28,12 +36,15 @@ from plugin_runner.proto import runner_pb2 as pb
 from plugin_runner.proto import runner_pb2_grpc as pb_grpc
 
 SECRET = "0123456789abcdef-secret"
+PROBES = REPO / "tests" / "servers" / "ext_plugins" / "probes.py"
 
 
-@pytest.fixture
-async def client(python_runner: Runner) -> AsyncIterator[RunnerClient]:
-    async with RunnerClient(python_runner.target, timeout=5.0) as client:
+@pytest.fixture(params=["stream", "unary"])
+async def client(python_runner: Runner, request: pytest.FixtureRequest) -> AsyncIterator[RunnerClient]:
+    """A client over the Calls stream (what the gateway uses with this runner), and one over the unary RPCs."""
+    async with RunnerClient(python_runner.target, timeout=5.0, streaming=request.param == "stream") as client:
         await client.wait_ready(10)
+        assert (client.stream is not None) == (request.param == "stream")
         yield client
 
 
@@ -46,8 +57,8 @@ def signed_headers(method: str, path: str) -> list[pb.Header]:
 async def test_describe_lists_plugins_with_schemas_and_phases(client: RunnerClient) -> None:
     described = await client.describe()
     plugins = {plugin.name: plugin for plugin in described.plugins}
-    assert set(plugins) == {"hmac-auth", "path-rewrite", "boom", "slow", "echo-body"}
-    assert len(described.epoch) == 16 and described.protocol_version == 1
+    assert set(plugins) == {"hmac-auth", "path-rewrite", "boom", "slow", "own-timeout", "echo-body"}
+    assert len(described.epoch) == 16 and described.protocol_version == 2
     hmac_auth = plugins["hmac-auth"]
     assert json.loads(hmac_auth.config_schema)["required"] == ["secret"]
     assert (hmac_auth.request_phase, hmac_auth.response_phase) == (True, False)
@@ -88,6 +99,24 @@ async def test_prepare_refuses_bad_config_with_field_paths(client: RunnerClient)
         "plugins[1].name",
     ]
     assert "at least 16 characters" in str(refused.value)
+
+
+async def test_a_plugin_timing_out_its_own_step_affects_only_itself(client: RunnerClient) -> None:
+    conf = await client.prepare("own-timeout", [("own-timeout", None), ("path-rewrite", {"strip_prefix": "/t"})])
+    answers = await asyncio.gather(
+        *(client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path=f"/t/{i}")) for i in range(3))
+    )
+    assert [answer.rewrite.path for answer in answers] == ["/0", "/1", "/2"]
+    assert all([(h.name, h.value) for h in a.rewrite.headers.set] == [("x-own-timeout", "fired")] for a in answers)
+    assert client.stream is None or client.stream.stats.opened == 1  # the stream was not hurt
+
+
+async def test_a_chain_that_waits_goes_on_where_it_waited(client: RunnerClient) -> None:
+    conf = await client.prepare("waits", [("slow", {"seconds": 0.01}), ("path-rewrite", {"strip_prefix": "/w"})])
+    answers = await asyncio.gather(
+        *(client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path=f"/w/{i}")) for i in range(5))
+    )
+    assert [answer.rewrite.path for answer in answers] == [f"/{i}" for i in range(5)]
 
 
 async def test_prepare_accepts_struct_config(python_runner: Runner) -> None:
@@ -140,9 +169,11 @@ async def test_response_call_adds_header(client: RunnerClient) -> None:
     assert [(h.name, h.value) for h in answer.headers.set] == [("x-served-by", "runner")]
 
 
-async def test_released_token_is_unknown_and_the_client_prepares_again(python_runner: Runner) -> None:
-    async with RunnerClient(python_runner.target, timeout=5.0) as client:
-        conf = await client.prepare("release", [("path-rewrite", {"strip_prefix": "/a"})])
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_released_token_is_unknown_and_the_client_prepares_again(python_runner: Runner, streaming: bool) -> None:
+    async with RunnerClient(python_runner.target, timeout=5.0, streaming=streaming) as client:
+        await client.wait_ready(10)
+        conf = await client.prepare(f"release-{streaming}", [("path-rewrite", {"strip_prefix": "/a"})])
         old_token = conf.token
         async with grpc.aio.insecure_channel(python_runner.target) as channel:
             stub = pb_grpc.PluginRunnerStub(channel)
@@ -156,9 +187,10 @@ async def test_released_token_is_unknown_and_the_client_prepares_again(python_ru
         answer = await client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path="/a/b"))
         assert answer.rewrite.path == "/b" and conf.token != old_token
 
-        await client.release("release")
+        await client.release(f"release-{streaming}")
         answer = await client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path="/a/b"))
         assert answer.rewrite.path == "/b"
+        assert (client.stream is not None and client.stream.stats.calls == 4) == streaming  # two of them retries
 
 
 async def test_plugin_exception_is_internal_with_its_name(client: RunnerClient) -> None:
@@ -235,3 +267,155 @@ def test_bad_plugin_spec_exits_with_a_message() -> None:
         cwd=REPO,
     )
     assert result.returncode == 2 and "no such plugin file: no/such/file.py" in result.stderr
+
+
+# -- the Calls stream ------------------------------------------------------------------------------------------------
+
+CALLS = "/protogate.plugin.v1.PluginRunner/Calls"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def stream_calls(target: str, calls: list[pb.Call], batches: list[int] | None = None) -> dict[int, pb.Result]:
+    """Send `calls` as one CallBatch on a Calls stream of our own; every Result, by id. `batches` gets the number
+    of results in each ResultBatch."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        method = channel.stream_stream(
+            CALLS, request_serializer=pb.CallBatch.SerializeToString, response_deserializer=pb.ResultBatch.FromString
+        )
+        stream = method(timeout=10)
+        await stream.write(pb.CallBatch(calls=calls))
+        results: dict[int, pb.Result] = {}
+        while len(results) < len(calls):
+            batch = await stream.read()
+            assert batch is not grpc.aio.EOF
+            results.update((result.id, result) for result in batch.results)
+            if batches is not None:
+                batches.append(len(batch.results))
+        await stream.done_writing()
+        assert await stream.read() is grpc.aio.EOF  # the runner ends the stream once all is answered
+        assert await stream.code() == grpc.StatusCode.OK
+        return results
+
+
+async def test_calls_travel_batched_on_one_stream(python_runner: Runner) -> None:
+    async with RunnerClient(python_runner.target, timeout=5.0) as client:
+        await client.wait_ready(10)
+        conf = await client.prepare("batched", [("path-rewrite", {"strip_prefix": "/b"})])
+        answers = await asyncio.gather(
+            *(client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path=f"/b/{i}")) for i in range(50))
+        )
+        assert [answer.rewrite.path for answer in answers] == [f"/{i}" for i in range(50)]
+        assert client.stream is not None
+        stats = client.stream.stats
+        assert stats.opened == 1 and stats.calls == 50 and stats.batches < 50
+
+
+async def test_a_call_too_big_for_the_stream_goes_as_a_unary_rpc(python_runner: Runner) -> None:
+    async with RunnerClient(python_runner.target, timeout=5.0, max_stream_message_bytes=64 * 1024) as client:
+        await client.wait_ready(10)
+        conf = await client.prepare("big", [("echo-body", None)])
+        big = await client.call_request(conf, pb.HTTPReqCallRequest(method="POST", path="/", body=b"a" * 100_000))
+        small = await client.call_request(conf, pb.HTTPReqCallRequest(method="POST", path="/", body=b"a"))
+        assert big.rewrite.body == b"A" * 100_000 and small.rewrite.body == b"A"
+        assert client.stream is not None and client.stream.stats.calls == 1  # only the small one
+
+
+async def test_stream_results_carry_the_unary_status_codes(python_runner: Runner) -> None:
+    async with RunnerClient(python_runner.target, timeout=5.0) as client:
+        rewrite = await client.prepare("codes", [("path-rewrite", {"strip_prefix": "/c"})])
+        boom = await client.prepare("codes-boom", [("boom", None)])
+    calls = [
+        pb.Call(id=1, http_req=pb.HTTPReqCallRequest(token=rewrite.token, method="GET", path="/c/x")),
+        pb.Call(id=2, http_resp=pb.HTTPRespCallRequest(token=rewrite.token, status=200)),
+        pb.Call(id=3, http_req=pb.HTTPReqCallRequest(token="gone.1", method="GET", path="/")),
+        pb.Call(id=4, http_req=pb.HTTPReqCallRequest(token=boom.token, method="GET", path="/")),
+        pb.Call(id=5),  # no kind of call set
+    ]
+    results = await stream_calls(python_runner.target, calls)
+    assert results[1].http_req.rewrite.path == "/x" and results[2].HasField("http_resp")
+    assert (results[3].error.code, results[3].error.message) == (
+        rpc_status.TOKEN_UNKNOWN_CODE.value[0],
+        "TOKEN_UNKNOWN: token 'gone.1' is not prepared",
+    )
+    assert results[4].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert results[4].error.message == "plugin 'boom' failed in on_request: RuntimeError: kaput"
+    assert results[5].error.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+async def test_big_results_ready_together_go_in_several_batches(python_runner: Runner) -> None:
+    async with RunnerClient(python_runner.target, timeout=5.0) as client:
+        echo = await client.prepare("big-results", [("echo-body", None)])
+    body = b"b" * 400_000  # the runner answers "[" + body + "]": three of them are over 1 MiB
+    calls = [pb.Call(id=i, http_resp=pb.HTTPRespCallRequest(token=echo.token, status=200, body=body)) for i in range(3)]
+    batches: list[int] = []
+    results = await stream_calls(python_runner.target, calls, batches)
+    assert all(results[i].http_resp.body == b"[" + body + b"]" for i in range(3))
+    assert sum(batches) == 3 and len(batches) >= 2
+
+
+async def test_the_runner_gives_up_a_call_at_its_timeout(python_runner: Runner) -> None:
+    async with RunnerClient(python_runner.target, timeout=5.0) as client:
+        slow = await client.prepare("gives-up", [("slow", {"seconds": 5})])
+    started = time.monotonic()
+    request = pb.HTTPReqCallRequest(token=slow.token, method="GET", path="/")
+    results = await stream_calls(python_runner.target, [pb.Call(id=7, timeout_ms=100, http_req=request)])
+    assert results[7].error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert time.monotonic() - started < 2  # the plugin was cancelled, as a unary handler at its deadline
+
+
+async def test_a_killed_runner_fails_calls_in_flight_at_once(runner_factory: RunnerFactory) -> None:
+    runner = runner_factory()
+    async with RunnerClient(runner.target, timeout=5.0) as client:
+        await client.wait_ready(10)
+        slow = await client.prepare("killed", [("slow", {"seconds": 30})])
+        waiting = [
+            asyncio.create_task(client.call_request(slow, pb.HTTPReqCallRequest(method="GET", path="/"), timeout=20))
+            for _ in range(3)
+        ]
+        assert client.stream is not None
+        await until(lambda: client.stream is not None and client.stream.stats.calls == 3)
+        started = time.monotonic()
+        runner.process.popen.kill()
+        for task in waiting:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await task
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 2
+
+
+async def test_sigterm_answers_the_calls_in_flight_then_stops(runner_factory: RunnerFactory) -> None:
+    runner = runner_factory(python_runner_args(REWRITE, SAMPLES, PROBES))
+    async with RunnerClient(runner.target, timeout=5.0) as client:
+        await client.wait_ready(10)
+        chain = [("announce", None), ("slow", {"seconds": 0.3}), ("path-rewrite", {"strip_prefix": "/d"})]
+        conf = await client.prepare("drain", chain)
+        waiting = asyncio.create_task(client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path="/d/x")))
+        await asyncio.to_thread(runner.process.wait_for, "ext-plugin call for /d/x")  # the runner is on it
+        started = time.monotonic()
+        runner.process.popen.terminate()
+        assert (await waiting).rewrite.path == "/x"
+        assert client.stream is not None and client.stream.stats.opened == 1
+        code = await asyncio.to_thread(runner.process.popen.wait, 10)
+        assert code == 0 and time.monotonic() - started < 1.9  # the open stream did not hold it for the 2 s grace
+
+
+LEGACY_RUNNER = REPO / "tests" / "servers" / "ext_plugins" / "legacy_runner.py"
+
+
+@pytest.mark.parametrize("claim", [1, 2])
+async def test_a_runner_without_the_calls_stream_is_called_unary(runner_factory: RunnerFactory, claim: int) -> None:
+    runner = runner_factory([sys.executable, str(LEGACY_RUNNER), "--claim", str(claim), "--plugins", str(REWRITE)])
+    async with RunnerClient(runner.target, timeout=5.0) as client:
+        described = await client.wait_ready(10)
+        assert described.protocol_version == claim and (client.stream is not None) == (claim == 2)
+        conf = await client.prepare("legacy", [("path-rewrite", {"strip_prefix": "/l"})])
+        for _ in range(2):  # a runner that claimed the stream falls back at its first UNIMPLEMENTED
+            answer = await client.call_request(conf, pb.HTTPReqCallRequest(method="GET", path="/l/x"))
+            assert answer.rewrite.path == "/x"
+        assert client.stream is None

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // A protogate plugin runner in Node.js: protogate.plugin.v1.PluginRunner + grpc.health.v1 on the address the
 // gateway gives in PROTOGATE_RUNNER_ADDRESS ("unix:/path.sock" or "host:port"). One plugin: require-header.
+// Protocol 2: besides the unary calls it serves the Calls stream, which the gateway prefers (one stream per
+// gateway process, calls batched on it).
 //
 //   npm ci --prefix examples/plugins/node
 //   PROTOGATE_RUNNER_ADDRESS=unix:/tmp/runner.sock node examples/plugins/node/runner.js
@@ -22,6 +24,7 @@ const START_PPID = currentPpid();
 const PROTOS = path.resolve(__dirname, '../../../protos');
 const SERVICE_NAME = 'protogate.plugin.v1.PluginRunner';
 const MAX_TOKENS = 4096;
+const PROTOCOL_VERSION = 2;
 const epoch = crypto.randomBytes(8).toString('hex');
 
 // google/protobuf/struct.proto is built into protobufjs, so only our own tree is an include dir.
@@ -170,13 +173,47 @@ function tokenUnknown(token) {
   });
 }
 
+// The calls, whichever way they come: [error, answer], error as { code, details, metadata? }.
+function requestCall(request) {
+  const chain = lookup(request.token);
+  if (chain === undefined) return [tokenUnknown(request.token), null];
+  const seen = { ...request, headers: request.headers || [] };
+  for (const { plugin, config } of chain) {
+    let answer;
+    try {
+      answer = plugin.onRequest(seen, config);
+    } catch (err) {
+      return [{ code: grpc.status.INTERNAL, details: `plugin ${plugin.name} failed in on_request: ${err}` }, null];
+    }
+    if (answer.stop) return [null, answer];
+  }
+  return [null, { pass: {} }];
+}
+
+function responseCall(request) {
+  if (lookup(request.token) === undefined) return [tokenUnknown(request.token), null];
+  return [null, {}]; // require-header has no response phase: nothing changes
+}
+
+// One Call of the Calls stream -> its Result (same answers and status codes as the unary calls).
+function streamResult(call) {
+  const run = { http_req: requestCall, http_resp: responseCall }[call.call];
+  if (run === undefined) {
+    return { id: call.id, error: { code: grpc.status.UNIMPLEMENTED, message: `unknown kind of call: ${call.call}` } };
+  }
+  const [err, answer] = run(call[call.call]);
+  return err ? { id: call.id, error: { code: err.code, message: err.details } } : { id: call.id, [call.call]: answer };
+}
+
+const streams = new Set(); // open Calls streams, ended on shutdown
+
 const service = {
   Describe(call, callback) {
     callback(null, {
       runner_name: 'protogate-node-runner',
       runner_version: require('./package.json').version,
       epoch,
-      protocol_version: 1,
+      protocol_version: PROTOCOL_VERSION,
       plugins: [...PLUGINS.values()].map((p) => ({
         name: p.name,
         config_schema: JSON.stringify(p.schema),
@@ -241,39 +278,35 @@ const service = {
   },
 
   HTTPReqCall(call, callback) {
-    const chain = lookup(call.request.token);
-    if (chain === undefined) {
-      callback(tokenUnknown(call.request.token));
-      return;
-    }
-    const request = { ...call.request, headers: call.request.headers || [] };
-    for (const { plugin, config } of chain) {
-      let answer;
-      try {
-        answer = plugin.onRequest(request, config);
-      } catch (err) {
-        callback({ code: grpc.status.INTERNAL, details: `plugin ${plugin.name} failed in on_request: ${err}` });
-        return;
-      }
-      if (answer.stop) {
-        callback(null, answer);
-        return;
-      }
-    }
-    callback(null, { pass: {} });
+    const [err, answer] = requestCall(call.request);
+    callback(err, answer);
   },
 
   HTTPRespCall(call, callback) {
-    if (lookup(call.request.token) === undefined) {
-      callback(tokenUnknown(call.request.token));
-      return;
-    }
-    callback(null, {}); // require-header has no response phase: nothing changes
+    const [err, answer] = responseCall(call.request);
+    callback(err, answer);
   },
 
   ReleaseConf(call, callback) {
     tokens.delete(call.request.token);
     callback(null, {});
+  },
+
+  // Our plugin never waits, so each CallBatch is answered at once with one ResultBatch. A runner whose plugins
+  // wait would answer each call when it is done (in any order), gathering results that are ready together.
+  Calls(call) {
+    streams.add(call);
+    const forget = () => streams.delete(call);
+    call.on('data', (batch) => {
+      const results = (batch.calls || []).map(streamResult);
+      if (results.length > 0) call.write({ results });
+    });
+    call.on('end', () => {
+      forget();
+      call.end(); // the gateway half-closed: every call it sent is answered
+    });
+    call.on('error', forget); // the gateway went away
+    call.on('cancelled', forget);
   },
 };
 
@@ -380,6 +413,10 @@ async function main() {
     console.log(`plugin runner stopping: ${reason}`);
     health.setStatus('', 'NOT_SERVING');
     health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+    // Every call received is answered already (plugins here never wait): end the Calls streams now, or
+    // tryShutdown would wait for the gateway to close them.
+    for (const call of streams) call.end();
+    streams.clear();
     const finish = () => {
       if (socketPath) fs.rmSync(socketPath, { force: true });
       console.log('plugin runner stopped');

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -125,6 +126,17 @@ async def test_pre_req_rewrites_the_request(app: web.Application) -> None:
     assert await plugin.rewrite(ctx) is None
     assert (ctx.path, ctx.query, ctx.headers["x-a"]) == ("/x", "a=1", "1")
     assert app[RUNNER_POOL].prepared_keys == {("py", ("r", "ext-plugin-pre-req", plugin.config.version()))}
+
+
+async def test_concurrent_requests_share_batches_on_one_calls_stream(app: web.Application) -> None:
+    plugin = ExtPluginPreReq(conf(("path-rewrite", {"strip_prefix": "/p"})))
+    ctxs = [with_app(make_ctx(f"/p/{i}"), app) for i in range(20)]
+    assert await asyncio.gather(*(plugin.rewrite(ctx) for ctx in ctxs)) == [None] * 20
+    assert [ctx.path for ctx in ctxs] == [f"/{i}" for i in range(20)]  # each request got its own answer
+    supervisor = app[RUNNER_POOL].get("py")
+    assert supervisor is not None and supervisor.client is not None and supervisor.client.stream is not None
+    stats = supervisor.client.stream.stats
+    assert stats.opened == 1 and stats.calls == 20 and stats.batches < 20
 
 
 async def test_post_req_stop_is_a_reply_and_pass_changes_nothing(app: web.Application) -> None:

@@ -28,6 +28,15 @@ class ReportPid(Plugin):
         response.set_header("x-runner-pid", str(os.getpid()))
 
 
+class Announce(Plugin):
+    """Prints `ext-plugin call for <path>` (the gateway logs the runner's output): the runner has the request."""
+
+    name: ClassVar[str] = "announce"
+
+    async def on_request(self, request: Request, config: dict[str, object]) -> None:
+        print(f"ext-plugin call for {request.path}", flush=True)
+
+
 class SleepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds: float = Field(1.0, ge=0)
