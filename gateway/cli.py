@@ -374,7 +374,7 @@ async def _serve(
         grpc_listen = settings.grpc_listen
         tls = GrpcTls(app[TLS_EDGE], require_client_cert=grpc_listen.require_client_cert) if grpc_listen.tls else None
         grpc_server = GrpcProxyServer(
-            lambda: app[CONFIG_MANAGER].runtime, grpc_listen.host, grpc_listen.port, tls, app[TELEMETRY]
+            lambda: app[CONFIG_MANAGER].runtime, grpc_listen.host, grpc_listen.port, tls, app[TELEMETRY], app
         )
         try:
             await grpc_server.start()

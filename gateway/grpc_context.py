@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import cast
+from typing import Any, cast
 from urllib.parse import unquote
 
 import grpc
@@ -75,6 +75,7 @@ class GrpcRequestView:
     content_length: int | None = None
     body_exists: bool = False
     query_string: str = ""
+    app: Any = None  # the HTTP edge's aiohttp app: what plugins find there (the plugin runners) serves calls too
     writer: None = None  # the access log reads an aiohttp writer's byte count; gRPC's is not known here
 
     @property
@@ -101,10 +102,11 @@ def call_context(
     consumers: ConsumerIndex,
     drop: Iterable[str] = (),
     secure: bool = False,
+    app: Any = None,
 ) -> RequestContext:
     """The RequestContext of a native gRPC call: POST to the method path, metadata as headers, the peer's IP."""
     headers = metadata_headers(metadata, drop)
-    view = call_view(grpc_method, headers, peer, authority, secure=secure)
+    view = call_view(grpc_method, headers, peer, authority, secure=secure, app=app)
     client_ip = view.remote or ""
     return RequestContext(
         # RequestContext names an aiohttp request; a view with the attributes plugins use stands in for one.
@@ -122,7 +124,7 @@ def call_context(
 
 
 def call_view(
-    grpc_method: str, headers: CIMultiDict[str], peer: str, authority: str, *, secure: bool = False
+    grpc_method: str, headers: CIMultiDict[str], peer: str, authority: str, *, secure: bool = False, app: Any = None
 ) -> GrpcRequestView:
     """What a native gRPC call looks like to plugins and the access log (`headers` gets the Host)."""
     if authority:
@@ -135,6 +137,7 @@ def call_view(
         remote=client_ip or None,
         host=authority,
         scheme="https" if secure else "http",
+        app=app,
         cookies=_cookies(headers.getall("Cookie", [])),
     )
 

@@ -100,12 +100,14 @@ class GrpcProxyServer:
         port: int,
         tls: GrpcTls | None = None,
         telemetry: Telemetry | None = None,
+        app: Any = None,
     ) -> None:
         self._runtime = runtime
         self.host = host
         self.port = port
         self.tls = tls  # None: h2c
         self._telemetry = telemetry  # the HTTP edge's: one access log, one set of metrics, one tracer
+        self._app = app  # the HTTP edge's aiohttp app: ext plugins find the plugin runners there
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -208,6 +210,7 @@ class GrpcProxyServer:
             consumers=runtime.consumers,
             drop=IDENTITY_HEADERS,  # the gateway asserts identity; a client's own copy never counts (THREATS 4)
             secure=self.tls is not None,
+            app=self._app,
         )
         ctx.client_cert = client_cert
         return route, upstream, ctx

@@ -108,7 +108,7 @@ class _ExtPlugin(Plugin[ExtPluginConfig]):
         self._chains: dict[str, tuple[object, PreparedConf]] = {}
 
     def _runner(self, ctx: RequestContext) -> tuple[RunnerPool | None, RunnerSupervisor | None]:
-        app = getattr(ctx.request, "app", None)  # native gRPC calls have no app: no runner there
+        app = getattr(ctx.request, "app", None)  # a native gRPC call's view carries the HTTP edge's app
         pool = app.get(RUNNER_POOL) if app is not None else None
         return pool, pool.get(self.config.runner) if pool is not None else None
 
@@ -128,7 +128,7 @@ class _ExtPlugin(Plugin[ExtPluginConfig]):
 
     def _down_message(self, pool: RunnerPool | None) -> str:
         if pool is None:
-            return "no plugin runners here (external plugins run at the HTTP edge)"
+            return "no plugin runners here"
         name = self.config.runner
         return f"plugin runner {name!r} is not running" if name else "the plugin runner is not running"
 

@@ -19,10 +19,13 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from gateway_harness import Client, Gateway, GatewayFactory, bookstore_config, start_gateway
+from google.protobuf import empty_pb2
 from processes import BIN, REPO, start
+from servers.grpc_gateway import start_grpc_gateway
 
 PLUGINS = REPO / "examples" / "plugins"
 HMAC_AUTH = PLUGINS / "python" / "hmac_auth.py"
@@ -541,3 +544,48 @@ def test_node_runner_end_to_end(gateway_factory: GatewayFactory, http_upstream: 
     assert status == 403, body
     status, _, body = client.get("/echo/n", headers={"X-Team": "core"})
     assert status == 200 and body["path"] == "/echo/n", body
+
+
+# -- the native gRPC listener ------------------------------------------------------------------------------------------
+
+
+def test_ext_plugins_on_native_grpc_calls(tmp_path: Path, bookstore: int, bookstore_descriptor_set: Path) -> None:
+    """A call on the gRPC listener goes through the same runner: refused without a signature, passed with
+    one, and its metadata rewritten by the runner before the backend sees it."""
+    sys.path.insert(0, str(REPO / "examples" / "quickstart" / "generated"))
+    try:
+        from bookstore.v1 import bookstore_pb2, bookstore_pb2_grpc
+    finally:
+        sys.path.remove(str(REPO / "examples" / "quickstart" / "generated"))
+    service = "/bookstore.v1.Bookstore"
+    config = {
+        "upstreams": [{"id": "bookstore", "scheme": "grpc", "nodes": {f"127.0.0.1:{bookstore}": 1}}],
+        "plugin_runners": [python_runner()],
+        "routes": [
+            {
+                "id": "signed",
+                "uri": f"{service}/ListShelves",
+                "upstream_id": "bookstore",
+                "plugins": {"ext-plugin-pre-req": ext(("hmac-auth", {"secret": SECRET}))},
+            },
+            {
+                "id": "rewritten",
+                "uri": f"{service}/EchoHeaders",
+                "upstream_id": "bookstore",
+                "plugins": {"ext-plugin-pre-req": ext(("path-rewrite", {"request_headers": {"x-added": "by-runner"}}))},
+            },
+        ],
+    }
+    process, _, address = start_grpc_gateway(config, tmp_path / "gateway.yaml")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = bookstore_pb2_grpc.BookstoreStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListShelves(bookstore_pb2.ListShelvesRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            metadata = [(name.lower(), value) for name, value in signed("POST", f"{service}/ListShelves").items()]
+            assert stub.ListShelves(bookstore_pb2.ListShelvesRequest(), metadata=metadata, timeout=10).shelves
+            echoed = stub.EchoHeaders(empty_pb2.Empty(), timeout=10)
+            assert echoed.metadata["x-added"] == "by-runner"
+    finally:
+        process.stop()
