@@ -461,7 +461,7 @@ async def test_a_watch_that_lags_this_stores_writes_still_sees_a_new_history(
 ) -> None:
     """A node serves its own Admin writes before its watch sees them: a new history must be caught even
     when the watch's own revision is one both histories agree on (here: both empty at revision 1)."""
-    store = store_for(etcd, timeout=1.0)
+    store = store_for(etcd, timeout=5.0)  # generous: a loaded machine; nothing here is timed
     try:
         start = await store.snapshot()
         assert start.revision == 1
@@ -515,7 +515,7 @@ async def enable_auth(etcd: EtcdServer, password: str) -> None:
 
 async def test_a_token_etcd_forgot_is_renewed(etcd: EtcdServer) -> None:
     await enable_auth(etcd, "secret")
-    store = store_for(etcd, timeout=1.0, max_reconnect_delay=0.2, username="root", password="secret")
+    store = store_for(etcd, timeout=5.0, max_reconnect_delay=0.2, username="root", password="secret")
     try:
         intruder = store_for(etcd, username="root", password="wrong")
         with pytest.raises(StoreError, match="refused"):
