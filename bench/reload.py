@@ -25,28 +25,18 @@ from typing import Any
 
 import aiohttp
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
+BENCH = Path(__file__).resolve().parent
+TESTS = BENCH.parent / "tests"
+sys.path.insert(0, str(BENCH))  # bench/ is not a package: bench/common.py is found through sys.path
 sys.path.insert(0, str(TESTS))  # the test harness starts the real processes
 
 from admin_harness import KEY, AdminGateway, admin_section, start_admin_gateway, start_http_upstream, write_config  # noqa: E402
+from common import LoadResult, closed_loop, http_call, percentile  # noqa: E402
 
 
-async def closed_loop(url: str, seconds: float, concurrency: int) -> Counter[str]:
-    outcomes: Counter[str] = Counter()
-    deadline = time.monotonic() + seconds
+async def load(url: str, seconds: float, concurrency: int) -> LoadResult:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def worker() -> None:
-            while time.monotonic() < deadline:
-                try:
-                    async with session.get(url) as response:
-                        await response.read()
-                        outcomes[str(response.status)] += 1
-                except aiohttp.ClientError as exc:
-                    outcomes[type(exc).__name__] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return outcomes
+        return await closed_loop(http_call(session, url), concurrency, seconds)
 
 
 async def writer(gateway: AdminGateway, seconds: float, interval: float) -> int:
@@ -65,23 +55,21 @@ async def writer(gateway: AdminGateway, seconds: float, interval: float) -> int:
 
 async def throughput(gateway: AdminGateway, args: argparse.Namespace) -> None:
     url = f"{gateway.gateway.url}/echo/bench"
-    await closed_loop(url, 1.0, args.concurrency)  # warm-up
+    await load(url, 1.0, args.concurrency)  # warm-up
     rates: dict[str, list[float]] = {"steady": [], "reloading": []}
     failures: Counter[str] = Counter()
     writes = 0
     for _ in range(args.rounds):
         for mode in ("steady", "reloading"):
-            started = time.monotonic()
             if mode == "steady":
-                outcomes = await closed_loop(url, args.seconds, args.concurrency)
+                result = await load(url, args.seconds, args.concurrency)
             else:
-                outcomes, done = await asyncio.gather(
-                    closed_loop(url, args.seconds, args.concurrency), writer(gateway, args.seconds, args.interval)
+                result, done = await asyncio.gather(
+                    load(url, args.seconds, args.concurrency), writer(gateway, args.seconds, args.interval)
                 )
                 writes += done
-            elapsed = time.monotonic() - started
-            rates[mode].append(outcomes["200"] / elapsed)
-            failures.update({k: v for k, v in outcomes.items() if k != "200"})
+            rates[mode].append(result.requests / result.seconds)
+            failures.update(result.failures)
     steady, reloading = statistics.mean(rates["steady"]), statistics.mean(rates["reloading"])
     print(f"throughput: {args.concurrency} in flight, {args.rounds} x {args.seconds:g} s per mode, alternating")
     print(f"  no reloads:          {steady:8.0f} req/s  (rounds: {', '.join(f'{r:.0f}' for r in rates['steady'])})")
@@ -113,11 +101,6 @@ async def propagation(writer_node: AdminGateway, reader_node: AdminGateway, chan
                 await asyncio.sleep(0.002)
             latencies.append(time.perf_counter() - started)
     return latencies
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -154,12 +137,10 @@ async def main(args: argparse.Namespace) -> None:
         else:
             latencies = await propagation(node, node, args.changes)
             what = "Admin write -> route answering on the SAME node (file store; no etcd here)"
-        ms = [x * 1000 for x in latencies]
+        ms = sorted(x * 1000 for x in latencies)
         print(f"convergence: {what}, {len(ms)} changes")
-        print(
-            f"  p50 {percentile(ms, 0.5):.1f} ms  p99 {percentile(ms, 0.99):.1f} ms  max {max(ms):.1f} ms  "
-            f"mean {statistics.mean(ms):.1f} ms"
-        )
+        p50, p99 = percentile(ms, 0.5) or 0.0, percentile(ms, 0.99) or 0.0
+        print(f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {max(ms):.1f} ms  mean {statistics.mean(ms):.1f} ms")
     finally:
         for item in reversed(started):
             item.stop()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from gateway import __version__
 from gateway.config.loader import LoadedConfig
 from gateway.context import RequestContext
-from gateway.edge import edge_middleware
+from gateway.edge import EDGE_HANDLER, edge_middleware
 from gateway.errors import GatewayError, render_http, to_gateway_error
 from gateway.grpc_web import as_grpc_web
 from gateway.keys import CONFIG_MANAGER, CONFIG_SETTINGS, LOADED_CONFIG, RUNTIME, TELEMETRY, TLS_EDGE
@@ -24,7 +25,8 @@ from gateway.responses import ProxyResponse
 from gateway.runner.pool import RUNNER_POOL
 from gateway.runner.startup import runner_pool_ctx
 from gateway.runtime import CompiledRoute, Runtime
-from gateway.telemetry import phase_span, telemetry_ctx
+from gateway.telemetry import Telemetry, phase_span, telemetry_ctx
+from gateway.tls_edge import TlsEdge
 from gateway.writer import send_response
 from transcoder.status import code_from_http_status
 
@@ -60,17 +62,22 @@ SERVER_HEADER = f"protogate/{__version__}"
 
 
 async def handle_request(request: web.Request) -> web.StreamResponse:
+    app = request.app
     # Read per request: a reload swaps it. The request holds its runtime open until its answer is sent.
-    runtime = request.app[CONFIG_MANAGER].runtime
-    with runtime.in_use():
-        return await _handle_request(request, runtime)
+    runtime = app[CONFIG_MANAGER].runtime
+    runtime.enter()
+    try:
+        return await _handle_request(request, runtime, app[TELEMETRY], app.get(TLS_EDGE))
+    finally:
+        runtime.leave()
 
 
-async def _handle_request(request: web.Request, runtime: Runtime) -> web.StreamResponse:
-    telemetry = request.app[TELEMETRY]
+async def _handle_request(
+    request: web.Request, runtime: Runtime, telemetry: Telemetry, tls_edge: TlsEdge | None
+) -> web.StreamResponse:
     ctx: RequestContext | None = None
     try:
-        route, ctx = _route_request(runtime, request)
+        route, ctx = _route_request(runtime, request, tls_edge)
         telemetry.begin(ctx, (runtime.global_chain, route.chain))
         response = await _proxy(runtime, route, ctx)
     except Exception as exc:
@@ -78,7 +85,8 @@ async def _handle_request(request: web.Request, runtime: Runtime) -> web.StreamR
     if ctx is not None:
         try:
             with phase_span(ctx, "response plugins"):
-                await run_response_phases(ctx.chains, ctx, response)
+                if any(chain.header_filters or chain.body_filters for chain in ctx.chains):
+                    await run_response_phases(ctx.chains, ctx, response)
         except Exception as exc:  # a response phase that fails still owes the client an answer
             if response.close is not None:  # release the upstream (a streamed call may have no deadline)
                 await response.close()
@@ -87,7 +95,6 @@ async def _handle_request(request: web.Request, runtime: Runtime) -> web.StreamR
     # A gRPC-Web client reads refusals (a plugin's, the router's) as gRPC statuses, not JSON.
     response = as_grpc_web(request.headers.get("Content-Type"), response)
     response.headers["Server"] = SERVER_HEADER
-    tls_edge = request.app.get(TLS_EDGE)
     if tls_edge is not None and tls_edge.hsts is not None and request.secure:
         response.headers.setdefault("Strict-Transport-Security", tls_edge.hsts)
     try:
@@ -95,15 +102,16 @@ async def _handle_request(request: web.Request, runtime: Runtime) -> web.StreamR
     finally:
         # After the client has the answer (or went away): every request is logged, stopped ones too.
         telemetry.finish(request, ctx, response)
-        if ctx is not None:
+        if ctx is not None and any(chain.loggers for chain in ctx.chains):
             await run_log_phase(ctx.chains, ctx, response)
 
 
-def _route_request(runtime: Runtime, request: web.Request) -> tuple[CompiledRoute, RequestContext]:
+def _route_request(
+    runtime: Runtime, request: web.Request, tls_edge: TlsEdge | None
+) -> tuple[CompiledRoute, RequestContext]:
     raw_path, query = split_target(request.raw_path)
     path = normalize_path(raw_path)
     client_cert = None
-    tls_edge = request.app.get(TLS_EDGE)
     if tls_edge is not None:  # an mTLS host refuses a request without its client certificate, on any route
         client_cert, refusal = tls_edge.check_request(request, path)
         if refusal is not None:
@@ -156,8 +164,41 @@ def build_app(loaded: LoadedConfig, document_settings: dict[str, Any] | None = N
     app.cleanup_ctx.append(telemetry_ctx)  # before the runtime: started first, closed last
     app.cleanup_ctx.append(runner_pool_ctx)  # plugin runners up and their configs accepted before the runtime
     app.cleanup_ctx.append(_runtime_ctx)
-    app.router.add_route("*", "/{tail:.*}", handle_request)
+    route = app.router.add_route("*", "/{tail:.*}", _catch_all)
+    app[EDGE_HANDLER] = _resolved_handler(app, route)
     return app
+
+
+def _resolved_handler(app: web.Application, route: web.AbstractRoute) -> Handler:
+    """What aiohttp's app._handle does for each request, with the app's one route resolved once, not per request.
+
+    The real listeners (EdgeRunner) call this; aiohttp's test client goes through app._handle, which ends in the
+    same middlewares and handler.
+    """
+    match_info = web.UrlMappingMatchInfo({}, route)
+    match_info.add_app(app)
+    match_info.freeze()
+    routed = functools.partial(error_middleware, handler=functools.partial(edge_middleware, handler=_catch_all))
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request._match_info = match_info  # what request.app reads (as does aiohttp's response-prepare hook)
+        if request.headers.get(hdrs.EXPECT):  # 100-continue, as app._handle settles it before the middlewares
+            answer = await route.handle_expect_header(request)
+            await request.writer.drain()
+            if answer is not None:
+                return answer
+        return await routed(request)
+
+    return handle
+
+
+async def _catch_all(request: web.Request) -> web.StreamResponse:
+    # aiohttp's own 404 for what "/{tail:.*}" does not match: a target without a leading "/" (`OPTIONS *`), or a
+    # path whose %0A decodes to a newline (the route's regex stops there); so both kinds of listener answer alike.
+    path = request.rel_url.path_safe
+    if path[:1] != "/" or "\n" in path:
+        raise web.HTTPNotFound()
+    return await handle_request(request)
 
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -45,6 +45,7 @@ class PluginChain:
             p.body_filter for p in plugins if _overrides(p, "body_filter")
         )
         self.loggers: tuple[ResponseHook, ...] = tuple(p.log for p in plugins if _overrides(p, "log"))
+        self.has_request_hooks = any(self.request_hooks.values())
         self.needs_response_body = any(getattr(p, "needs_response_body", False) for p in plugins)
         self.late_rewrite_hooks: tuple[RequestHook, ...] = ()
 
@@ -112,6 +113,8 @@ async def run_request_phases(
     the route's; ctx.chains ends as the chains that ran, for the response and log phases.
     """
     ctx.chains = (global_chain, route.chain)
+    if not (global_chain.has_request_hooks or route.chain.has_request_hooks):
+        return None  # no plugin has a request hook: no phase has anything to run (nor a consumer to find)
     reply = await run_request_phase("rewrite", ctx.chains, ctx)
     if reply is None and ctx.consumer is not None:
         ctx.set_upstream_header("X-Consumer-Username", ctx.consumer.username)

@@ -206,13 +206,20 @@ class Runtime:
     @contextlib.contextmanager
     def in_use(self) -> Iterator[Runtime]:
         """Hold this runtime open for one request or call, however it ends."""
-        self._users += 1
+        self.enter()
         try:
             yield self
         finally:
-            self._users -= 1
-            if self._users == 0 and self._drained is not None:
-                self._drained.set()
+            self.leave()
+
+    # enter() and leave() are in_use() without a generator, for the HTTP edge's every request.
+    def enter(self) -> None:
+        self._users += 1
+
+    def leave(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._drained is not None:
+            self._drained.set()
 
     @property
     def users(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterable
 
@@ -154,6 +155,7 @@ def parse_grpc_timeout(value: str) -> float:
     return int(found.group(1)) * _TIMEOUT_UNITS[found.group(2)]
 
 
+@functools.lru_cache(maxsize=1024)  # the same few metadata keys come back on every answer
 def canonical_header_name(name: str) -> str:
     """Go textproto's canonical form: the first letter and each letter after "-" upper case."""
     return "-".join(word[:1].upper() + word[1:].lower() for word in name.split("-"))

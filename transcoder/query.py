@@ -95,9 +95,13 @@ def _parse_json_into(message: Message, text: str) -> None:
 # -- scalars ----------------------------------------------------------------------------------------------------
 
 
+# Built once: json.dumps(..., ensure_ascii=False) builds an encoder per call, and _show runs on every request.
+_QUOTE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _show(text: str) -> str:
     # Quote the offending value, but never echo a megabyte back to the client.
-    return json.dumps(text if len(text) <= 64 else text[:61] + "...", ensure_ascii=False)
+    return _QUOTE(text if len(text) <= 64 else text[:61] + "...")
 
 
 _SIGNED_RE = re.compile(r"[+-]?[0-9]+\Z")

@@ -112,10 +112,6 @@ def _enum_renderer(field: FieldDescriptor, as_ints: bool) -> Callable[[int, _Con
     return render
 
 
-def _render_message_value(value: Message, ctx: _Context) -> Any:
-    return _render(value, ctx)
-
-
 _T = FieldDescriptor
 _SCALAR_RENDERERS: dict[int, Callable[[Any, _Context], Any]] = {
     _T.TYPE_INT64: _render_int64,
@@ -132,7 +128,8 @@ _SCALAR_RENDERERS: dict[int, Callable[[Any, _Context], Any]] = {
 def _element_renderer(field: FieldDescriptor, as_ints: bool) -> Callable[[Any, _Context], Any] | None:
     """How one value of `field` becomes JSON; None when the Python value already is its JSON value."""
     if field.message_type is not None:
-        return _render_message_value
+        # Which renderer a message field needs is known from its type: picked once, here, not per value.
+        return _SPECIAL.get(field.message_type.full_name, _render_fields)
     if field.type == _T.TYPE_ENUM:
         return _enum_renderer(field, as_ints)
     return _SCALAR_RENDERERS.get(field.type)
@@ -184,13 +181,17 @@ def _entry(field: FieldDescriptor, flags: tuple[bool, bool, bool]) -> _Entry:
 
 
 def _render(message: Message, ctx: _Context) -> Any:
-    descriptor = message.DESCRIPTOR
-    special = _SPECIAL.get(descriptor.full_name)
+    special = _SPECIAL.get(message.DESCRIPTOR.full_name)
     if special is not None:
         return special(message, ctx)
+    return _render_fields(message, ctx)
+
+
+def _render_fields(message: Message, ctx: _Context) -> dict[str, Any]:
+    """A message that is not a well-known type with a JSON form of its own: an object of its fields."""
     populated = dict(message.ListFields())
     js: dict[str, Any] = {}
-    for field, key, mode, render, unpopulated in _plan(descriptor, ctx.flags):
+    for field, key, mode, render, unpopulated in _plan(message.DESCRIPTOR, ctx.flags):
         value = populated.get(field, _MISSING)
         if value is _MISSING:
             if unpopulated is _SKIP:
@@ -336,10 +337,14 @@ _NO_CONTEXT = _Context(_DEFAULT_OPTIONS, descriptor_pool_module.Default())
 # -- entry points ------------------------------------------------------------------------------------------------
 
 
+# json.dumps() with any option builds a new encoder per call; the compact one is built once.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _dump(value: Any, options: JsonOptions, what: str) -> bytes:
     try:
         if options.indent is None:
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+            return _COMPACT.encode(value).encode()
         return json.dumps(value, indent=options.indent, ensure_ascii=False, allow_nan=False).encode()
     except (ValueError, TypeError) as exc:  # a lone surrogate in a proto2 string, say
         raise TranscodeError(Code.INTERNAL, f"cannot write {what} as JSON: {exc}") from None

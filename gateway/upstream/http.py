@@ -42,6 +42,7 @@ _CLIENT_HOP_ONLY = frozenset({"expect"})
 # Never removed because a Connection header names them: the route was matched on this Host.
 _NOT_NOMINABLE = frozenset({"host"})
 _CHUNK = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})  # and 1xx, which never reach here
 
 
 def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
@@ -197,6 +198,13 @@ class HttpUpstream:
             break
         headers = CIMultiDict(upstream_response.headers)
         strip_hop_by_hop(headers)
+        if _arrived_whole(ctx.method, upstream_response):
+            # A small answer came whole with its head: the client gets it in one write (head and body) rather
+            # than streamed, and the connection goes back to the pool at once. Same bytes, same Content-Length.
+            body = upstream_response.content.read_nowait()  # not read(): it would wait for a request body still going
+            upstream_response.release()
+            nodes.release(state, started, ok=status < 500)
+            return ProxyResponse(status, headers, body)
         released = False
 
         async def release() -> None:
@@ -229,6 +237,16 @@ class HttpUpstream:
             headers["Host"] = node_host(node)
         trace_headers(ctx, headers)  # the gateway's trace context replaces the client's, when traced
         return headers
+
+
+def _arrived_whole(method: str, response: aiohttp.ClientResponse) -> bool:
+    """The answer's body is all in memory already and framed by a Content-Length (a HEAD's or a 204's is not)."""
+    return (
+        response.content.is_eof()  # the parser saw the whole body (a cut one sets an error, never EOF)
+        and method != "HEAD"
+        and response.status not in _NO_BODY_STATUSES
+        and "Content-Length" in response.headers
+    )
 
 
 def _name(upstream: Upstream) -> str:

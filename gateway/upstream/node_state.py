@@ -85,6 +85,8 @@ class NodeSet:
         self.active_check: ActiveCheck | None = checks.active if checks is not None else None
         self.passive_check: PassiveCheck | None = checks.passive if checks is not None else None
         self.retries = upstream.retries if upstream.retries is not None else max(len(self._weighted) - 1, 0)
+        # A one-node upstream has one answer whatever is excluded (every node out means all are tried).
+        self._only = self.states[0] if len(self.states) == 1 and self._weighted else None
         self._checker = None
         if self.active_check is not None and start_checks:
             from gateway.upstream.health import ActiveChecker
@@ -101,6 +103,8 @@ class NodeSet:
 
     def pick(self, ctx: RequestContext | None = None, tried: Collection[int] = ()) -> NodeState:
         """The next node for this request; never one in `tried` while an untried one with a weight is left."""
+        if self._only is not None:
+            return self._only
         unhealthy = [s.index for s in self.states if not s.healthy]
         exclude: set[int] = {*unhealthy, *tried}
         if all(i in exclude for i in self._weighted):

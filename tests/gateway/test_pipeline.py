@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 
 from gateway.consumers import EMPTY_CONSUMERS
 from gateway.context import RequestContext
-from gateway.pipeline import PluginChain, run_log_phase, run_request_phase, run_response_phases
+from gateway.pipeline import PluginChain, run_log_phase, run_request_phase, run_request_phases, run_response_phases
 from gateway.plugins.base import Plugin, PluginConfig, PluginSpec
 from gateway.responses import ProxyResponse, Reply
 
@@ -129,3 +129,29 @@ async def test_consumer_overrides_replace_and_add_while_sharing_the_rest() -> No
     await run_request_phase("rewrite", [merged], ctx)
     assert ctx.vars["order"] == ["shared:", "added:", "replaced:consumer"]
     assert merged.instances["shared"] is base.instances["shared"]
+
+
+class _Route:
+    """A compiled route as run_request_phases sees it; a consumer chain must never be asked for here."""
+
+    def __init__(self, chain: PluginChain) -> None:
+        self.chain = chain
+
+    def chain_for(self, consumer: object, consumer_plugins: object) -> PluginChain:
+        raise AssertionError("no plugin ran, so no consumer can have been found")
+
+
+async def test_request_phases_without_hooks_only_record_the_chains() -> None:
+    global_chain, route_chain = PluginChain.build([]), PluginChain.build([spec(FailingLogger)])
+    assert not global_chain.has_request_hooks and not route_chain.has_request_hooks
+    ctx = context()
+    assert await run_request_phases(global_chain, _Route(route_chain), {}, ctx) is None
+    assert ctx.chains == (global_chain, route_chain)  # the response and log phases still run these
+
+
+async def test_request_phases_run_when_either_chain_has_a_hook() -> None:
+    global_chain = PluginChain.build([spec(RewriteOnly)])
+    assert global_chain.has_request_hooks
+    ctx = context()
+    reply = await run_request_phases(global_chain, _Route(PluginChain.build([spec(recorder("r", 1), "stop")])), {}, ctx)
+    assert reply is not None and reply.status == 204 and ctx.vars["order"] == ["r:stop"]

@@ -186,3 +186,15 @@ def test_snapshot_lists_every_node() -> None:
     snapshot = nodes.snapshot()
     assert [entry["node"] for entry in snapshot] == ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
     assert [entry["healthy"] for entry in snapshot] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"type": "least_conn"}, {"type": "ewma"}, {"type": "chash", "hash_on": "vars", "key": "remote_addr"}],
+    ids=["roundrobin", "least_conn", "ewma", "chash"],
+)
+def test_a_one_node_upstream_always_picks_its_node(fields: dict[str, Any]) -> None:
+    nodes = NodeSet(upstream({"a:1": 1}, **fields))
+    assert nodes.pick(make_ctx()).index == 0
+    nodes.states[0].healthy = False
+    assert nodes.pick(make_ctx(), tried=[0]).index == 0  # out and tried: still the one to try (APISIX)
