@@ -376,17 +376,13 @@ class ReflectionWatcher:
             retry = min(retry * 2, _RETRY_MAX) if self._failing else _RETRY_FIRST
 
     async def _watch_connectivity(self, channel: grpc.aio.Channel) -> None:
-        # A node that comes back (restart, redeploy) may serve other services: fetch when it is READY again.
-        was_ready = False
-        lost = False
+        # A node that comes back (restart, redeploy) may serve other services: fetch whenever a connection is
+        # (re)established. The first one too: a node restarted before this channel ever reported READY (a busy
+        # start) would otherwise look like no reconnect at all. An unchanged set costs one fetch, no reload.
         state = channel.get_state(try_to_connect=True)
         while True:
             if state == grpc.ChannelConnectivity.READY:
-                if lost or self.current is None:
-                    self.trigger()
-                was_ready, lost = True, False
-            elif was_ready:
-                lost = True
+                self.trigger()
             if state == grpc.ChannelConnectivity.IDLE:
                 # A channel left idle reconnects only when asked; ask, with gRPC's own backoff.
                 state = channel.get_state(try_to_connect=True)
