@@ -156,3 +156,21 @@ def gateway_with_http_upstream(
             gateway.process.stop()
     finally:
         upstream.stop()
+
+
+def start_gateways(tmp_path: Path, count: int, config: dict[str, Any]) -> list[Gateway]:
+    """`count` gateway processes on one config, started side by side (each takes a while to boot)."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    processes = [
+        start([str(BIN / "protogate"), "run", "-c", str(path), "--listen", "127.0.0.1:0"]) for _ in range(count)
+    ]
+    try:
+        lines = [process.wait_for("listening on http://") for process in processes]
+    except BaseException:
+        for process in processes:
+            process.stop()
+        raise
+    return [
+        Gateway(process, line.rsplit("http://", 1)[1].strip()) for process, line in zip(processes, lines, strict=True)
+    ]

@@ -7,19 +7,17 @@ import gc
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from gateway_harness import Gateway, start_http_upstream
+from gateway_harness import Gateway, start_gateways, start_http_upstream
 from multidict import CIMultiDict
-from processes import BIN, start
 from servers.local_servers import free_port
 from servers.redis_server import RedisServer, redis_command
-from traffic_support import config_issues, make_ctx
+from traffic_support import config_issues, make_ctx, until
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
@@ -64,19 +62,6 @@ async def outcome(limiter: LimitConn, ctx: RequestContext) -> int:
 
 def response() -> ProxyResponse:
     return ProxyResponse(200, CIMultiDict())
-
-
-async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0) -> float:
-    """Seconds until `check` holds, polled every 20 ms; fails past the deadline."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout, "not within the deadline"
-        await asyncio.sleep(0.02)
 
 
 def test_config_accepts_apisix_redis_fields() -> None:
@@ -313,24 +298,6 @@ def gateway_config(upstream_port: int, redis_port: int, **route_fields: Any) -> 
         for host, (upstream, fields) in route_fields.items()
     ]
     return {"upstreams": upstreams, "routes": routes}
-
-
-def start_gateways(tmp_path: Path, count: int, config: dict[str, Any]) -> list[Gateway]:
-    """`count` gateway processes on one config, started side by side (each takes a while to boot)."""
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    processes = [
-        start([str(BIN / "protogate"), "run", "-c", str(path), "--listen", "127.0.0.1:0"]) for _ in range(count)
-    ]
-    try:
-        lines = [process.wait_for("listening on http://") for process in processes]
-    except BaseException:
-        for process in processes:
-            process.stop()
-        raise
-    return [
-        Gateway(process, line.rsplit("http://", 1)[1].strip()) for process, line in zip(processes, lines, strict=True)
-    ]
 
 
 async def get(session: aiohttp.ClientSession, gateway: Gateway, host: str, path: str = "/echo") -> int:

@@ -6,17 +6,15 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from gateway_harness import Gateway, start_http_upstream
-from processes import BIN, start
+from gateway_harness import Gateway, start_gateways, start_http_upstream
 from servers.redis_server import RedisServer, redis_command
-from traffic_support import config_issues, make_ctx
+from traffic_support import config_issues, make_ctx, until
 
 from gateway.errors import GatewayError
 from gateway.plugins.limit_req import LimitReq, LimitReqConfig
@@ -49,15 +47,6 @@ async def outcome(limiter: LimitReq, **ctx: Any) -> int:
     except GatewayError as exc:
         return exc.status
     return 200
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:
-    """Seconds until `check` holds, polled every 20 ms; fails past the deadline."""
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < timeout, "not within the deadline"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 def test_config_accepts_apisix_redis_fields() -> None:
@@ -187,24 +176,6 @@ def upstream_port() -> Iterator[int]:
     process, port = start_http_upstream("req-redis")
     yield port
     process.stop()
-
-
-def start_gateways(tmp_path: Path, count: int, config: dict[str, Any]) -> list[Gateway]:
-    """`count` gateway processes on one config, started side by side (each takes a while to boot)."""
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    processes = [
-        start([str(BIN / "protogate"), "run", "-c", str(path), "--listen", "127.0.0.1:0"]) for _ in range(count)
-    ]
-    try:
-        lines = [process.wait_for("listening on http://") for process in processes]
-    except BaseException:
-        for process in processes:
-            process.stop()
-        raise
-    return [
-        Gateway(process, line.rsplit("http://", 1)[1].strip()) for process, line in zip(processes, lines, strict=True)
-    ]
 
 
 async def test_two_gateway_processes_share_one_rate(

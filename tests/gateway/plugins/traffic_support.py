@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from unittest import mock
 
@@ -54,3 +57,16 @@ def config_issues(plugin: str, config: Any) -> dict[str, str]:
     except ConfigError as exc:
         return {issue.path: issue.message for issue in exc.issues}
     return {}
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0) -> float:
+    """Seconds until `check` holds, polled every 20 ms; fails past the deadline."""
+    started = time.monotonic()
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, "not within the deadline"
+        await asyncio.sleep(0.02)
